@@ -1,0 +1,148 @@
+//! A loaded model ready to answer: network, labels and input specification, built once
+//! from a manifest entry and shared read-only by every request.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{ModuleT, Tensor, D};
+
+use crate::labels::Labels;
+use crate::manifest::{Architecture, ModelSpec};
+use crate::models::resnet::{self, ResNet};
+use crate::predictions::{top_k, Prediction};
+use crate::preprocess::{self, PreprocessError, ResizeMode};
+use crate::weights::CheckedWeights;
+
+/// The network behind a model.
+#[derive(Debug)]
+enum Network {
+    ResNet(ResNet),
+}
+
+/// Per-request choices.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifyOptions {
+    /// Replaces the manifest's spatial transform.
+    pub resize: Option<ResizeMode>,
+    /// How many predictions to return.
+    pub top: usize,
+    /// Refuse images with more pixels than this (checked from the header).
+    pub max_pixels: u64,
+}
+
+impl Default for ClassifyOptions {
+    fn default() -> Self {
+        Self {
+            resize: None,
+            top: 5,
+            max_pixels: preprocess::DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// Why an image got no predictions.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    /// The input is at fault.
+    #[error(transparent)]
+    Input(#[from] PreprocessError),
+    /// We are: the network failed on a valid input.
+    #[error("inference failed: {0:#}")]
+    Inference(anyhow::Error),
+}
+
+#[derive(Debug)]
+pub struct Classifier {
+    spec: ModelSpec,
+    network: Network,
+    labels: Labels,
+    load_seconds: f64,
+}
+
+impl Classifier {
+    /// Loads the weights and labels a manifest entry names, checking hash, tensor names
+    /// and shapes, and that the labels match the network's outputs.
+    pub fn load(spec: &ModelSpec) -> Result<Self> {
+        let started = Instant::now();
+        let load = || -> Result<Self> {
+            let labels = Labels::load(&spec.labels)?;
+            let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
+            let network = match spec.architecture {
+                Architecture::Resnet50 => {
+                    let config = resnet::Config::resnet50(spec.variant, Some(labels.len()));
+                    Network::ResNet(weights.build(|vb| ResNet::new(&config, vb))?)
+                }
+            };
+            Ok(Self {
+                spec: spec.clone(),
+                network,
+                labels,
+                load_seconds: 0.0,
+            })
+        };
+        let mut classifier =
+            load().with_context(|| format!("cannot load the model {:?}", spec.name))?;
+        classifier.load_seconds = started.elapsed().as_secs_f64();
+        tracing::info!(model = %spec.name, seconds = classifier.load_seconds, "model loaded");
+        Ok(classifier)
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// Seconds it took to read, verify and build the model.
+    pub fn load_seconds(&self) -> f64 {
+        self.load_seconds
+    }
+
+    /// Raw network outputs for a preprocessed batch `[n, 3, size, size]`.
+    pub fn logits(&self, batch: &Tensor) -> Result<Tensor> {
+        let size = self.spec.input.size as usize;
+        match batch.dims() {
+            [_, 3, h, w] if *h == size && *w == size => {}
+            dims => bail!(
+                "model {:?} takes [n, 3, {size}, {size}] inputs, got {dims:?}",
+                self.spec.name
+            ),
+        }
+        let logits = match &self.network {
+            Network::ResNet(net) => net.forward_t(batch, false)?,
+        };
+        Ok(logits)
+    }
+
+    /// Class probabilities for a preprocessed batch, `[n, classes]`.
+    pub fn probabilities(&self, batch: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax(&self.logits(batch)?, D::Minus1)?)
+    }
+
+    /// Decodes, preprocesses and classifies one encoded image.
+    pub fn classify_bytes(
+        &self,
+        bytes: &[u8],
+        options: &ClassifyOptions,
+    ) -> Result<Vec<Prediction>, ClassifyError> {
+        let input =
+            preprocess::prepare(bytes, &self.spec.input, options.resize, options.max_pixels)?;
+        self.classify_tensor(&input, options.top)
+            .map_err(ClassifyError::Inference)
+    }
+
+    /// Classifies one preprocessed `[3, size, size]` image.
+    pub fn classify_tensor(&self, input: &Tensor, top: usize) -> Result<Vec<Prediction>> {
+        let probabilities: Vec<f32> = self
+            .probabilities(&input.unsqueeze(0)?)?
+            .squeeze(0)?
+            .to_vec1()?;
+        Ok(top_k(&probabilities, &self.labels, top))
+    }
+}

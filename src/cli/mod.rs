@@ -1,0 +1,68 @@
+//! The `classify` command line: clap arguments, validated into settings, then handed to
+//! the library. Exit codes: 0 success, 1 some inputs could not be classified,
+//! 2 a usage or start-up error (bad arguments, a model that does not load).
+
+mod predict;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::manifest::{default_manifest_path, Manifest};
+
+const AFTER_HELP: &str =
+    "Exit codes: 0 success, 1 some inputs could not be classified, 2 usage or start-up error.";
+
+#[derive(Debug, Parser)]
+#[command(name = "classify", version, about = "Image classification on the edge: ResNet-50 and dogs vs. cats, natively in Rust", after_help = AFTER_HELP)]
+pub struct Args {
+    /// The model manifest (default: weights/models.toml here, beside the binary, or in the source tree).
+    #[arg(long, global = true, env = "CLASSIFY_MANIFEST", value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify image files and print the top predictions.
+    Predict(predict::PredictArgs),
+}
+
+/// Exit code for inputs that could not all be classified.
+pub const EXIT_SOME_FAILED: u8 = 1;
+/// Exit code for usage and start-up errors.
+pub const EXIT_ERROR: u8 = 2;
+
+/// Parses the process arguments, runs the command and reports any error.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    match run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("classify: error: {error:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let manifest_path = args.manifest.unwrap_or_else(default_manifest_path);
+    let manifest = Manifest::load(&manifest_path)?;
+    match args.command {
+        Command::Predict(predict) => predict::run(&manifest, predict),
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,17 @@
+//! edge-classify: image classification as a native serverless function.
+//!
+//! - [`manifest`] describes the models; [`weights`] reads and verifies their files;
+//! - [`models`] defines the networks as candle modules;
+//! - [`preprocess`] turns image bytes into input tensors;
+//! - [`classifier`] ties one model's network, labels and input together;
+//! - [`predictions`] formats answers;
+//! - [`cli`] is the `classify` command line.
+
+pub mod classifier;
+pub mod cli;
+pub mod labels;
+pub mod manifest;
+pub mod models;
+pub mod predictions;
+pub mod preprocess;
+pub mod weights;

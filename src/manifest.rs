@@ -1,0 +1,287 @@
+//! The model manifest (`weights/models.toml`): which models exist, what network each
+//! one is, how an image becomes its input, its labels, and where its weights come from.
+//!
+//! The manifest is the single place that describes a model; loading (see
+//! [`crate::registry`]) only follows what it says.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::models::resnet::Variant;
+use crate::preprocess::{ChannelOrder, InputSpec, ResizeMode};
+
+/// The manifest's file name inside a weights folder.
+pub const MANIFEST_FILE: &str = "models.toml";
+
+/// Where the manifest is looked for when none is named: the working directory's
+/// `weights/`, then `weights/` beside the executable, then the source checkout.
+pub fn default_manifest_path() -> PathBuf {
+    let mut candidates = vec![PathBuf::from("weights").join(MANIFEST_FILE)];
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        candidates.push(exe_dir.join("weights").join(MANIFEST_FILE));
+    }
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("weights")
+            .join(MANIFEST_FILE),
+    );
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .unwrap_or_else(|| candidates.remove(0))
+}
+
+/// The network architecture of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    Resnet50,
+}
+
+/// One model as the manifest describes it, with paths made absolute.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub description: String,
+    pub architecture: Architecture,
+    pub variant: Variant,
+    pub weights: PathBuf,
+    pub sha256: String,
+    pub labels: PathBuf,
+    pub source: String,
+    pub licence: String,
+    pub input: InputSpec,
+}
+
+/// All models of one manifest, in the order it lists them (the first is the default).
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub models: Vec<ModelSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    model: Vec<RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    #[serde(default)]
+    description: String,
+    architecture: Architecture,
+    variant: Variant,
+    weights: PathBuf,
+    sha256: String,
+    labels: PathBuf,
+    source: String,
+    licence: String,
+    input: RawInput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    size: u32,
+    resize: ResizeMode,
+    resize_shorter: Option<u32>,
+    channel_order: ChannelOrder,
+    pixel_range: f32,
+    mean_rgb: [f32; 3],
+    std_rgb: [f32; 3],
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the model manifest {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses manifest text; relative paths are taken from `path`'s folder.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let raw: RawManifest = toml::from_str(text)
+            .with_context(|| format!("the model manifest {} is not valid", path.display()))?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        let mut models: Vec<ModelSpec> = Vec::with_capacity(raw.model.len());
+        for model in raw.model {
+            let spec = model
+                .into_spec(folder)
+                .with_context(|| format!("in the model manifest {}", path.display()))?;
+            if models.iter().any(|m| m.name == spec.name) {
+                bail!(
+                    "the model manifest {} names the model {:?} twice",
+                    path.display(),
+                    spec.name
+                );
+            }
+            models.push(spec);
+        }
+        if models.is_empty() {
+            bail!("the model manifest {} lists no model", path.display());
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            models,
+        })
+    }
+
+    /// The model of that name, or an error listing the known names.
+    pub fn model(&self, name: &str) -> Result<&ModelSpec> {
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .with_context(|| {
+                format!(
+                    "unknown model {name:?}: {} lists {}",
+                    self.path.display(),
+                    self.names().join(", ")
+                )
+            })
+    }
+
+    /// The default model: the first one listed.
+    pub fn default_model(&self) -> &ModelSpec {
+        &self.models[0]
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.name.as_str()).collect()
+    }
+}
+
+impl RawModel {
+    fn into_spec(self, folder: &Path) -> Result<ModelSpec> {
+        let name = self.name;
+        let context = || format!("model {name:?}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("model name {name:?} must be non-empty ASCII letters, digits, '-' or '_'");
+        }
+        if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!("{}: sha256 must be 64 hexadecimal digits", context());
+        }
+        let input = self.input;
+        if input.size == 0 {
+            bail!("{}: input size must be positive", context());
+        }
+        let resize_shorter = input.resize_shorter.unwrap_or(input.size);
+        if resize_shorter < input.size {
+            bail!(
+                "{}: resize_shorter ({resize_shorter}) is smaller than the input size ({})",
+                context(),
+                input.size
+            );
+        }
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(input.pixel_range) || !input.std_rgb.into_iter().all(positive) {
+            bail!("{}: pixel_range and std_rgb must be positive", context());
+        }
+        Ok(ModelSpec {
+            description: self.description,
+            architecture: self.architecture,
+            variant: self.variant,
+            weights: folder.join(self.weights),
+            sha256: self.sha256.to_ascii_lowercase(),
+            labels: folder.join(self.labels),
+            source: self.source,
+            licence: self.licence,
+            input: InputSpec {
+                size: input.size,
+                resize: input.resize,
+                resize_shorter,
+                channel_order: input.channel_order,
+                pixel_range: input.pixel_range,
+                mean_rgb: input.mean_rgb,
+                std_rgb: input.std_rgb,
+            },
+            name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[model]]
+name = "tiny"
+architecture = "resnet50"
+variant = "v1.5"
+weights = "tiny.safetensors"
+sha256 = "3ec2186643ce057332786ef91e8864dd474ee6757c9df16f4f36b69415730655"
+labels = "labels.tsv"
+source = "test"
+licence = "MIT"
+[model.input]
+size = 32
+resize = "squash-nearest"
+channel_order = "rgb"
+pixel_range = 1.0
+mean_rgb = [0.485, 0.456, 0.406]
+std_rgb = [0.229, 0.224, 0.225]
+"#;
+
+    #[test]
+    fn parses_and_resolves_paths_against_the_manifest_folder() {
+        let manifest = Manifest::parse(MINIMAL, Path::new("/models/models.toml")).unwrap();
+        let spec = manifest.model("tiny").unwrap();
+        assert_eq!(spec.weights, Path::new("/models/tiny.safetensors"));
+        assert_eq!(spec.variant, Variant::V1_5);
+        assert_eq!(spec.input.resize_shorter, 32);
+        assert_eq!(manifest.default_model().name, "tiny");
+    }
+
+    #[test]
+    fn unknown_model_lists_the_known_ones() {
+        let manifest = Manifest::parse(MINIMAL, Path::new("m.toml")).unwrap();
+        let err = manifest.model("resnet51").unwrap_err().to_string();
+        assert!(err.contains("resnet51") && err.contains("tiny"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        for (from, to, expect) in [
+            ("variant = \"v1.5\"", "variant = \"v2\"", "variant"),
+            ("sha256 = \"3ec2", "sha256 = \"zz", "sha256"),
+            ("size = 32", "size = 0", "input size"),
+            ("name = \"tiny\"", "name = \"../etc\"", "model name"),
+            (
+                "licence = \"MIT\"",
+                "licence = \"MIT\"\ncolour = 1",
+                "colour",
+            ),
+        ] {
+            let text = MINIMAL.replace(from, to);
+            let err = format!(
+                "{:#}",
+                Manifest::parse(&text, Path::new("m.toml")).unwrap_err()
+            );
+            assert!(err.contains(expect), "{expect}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_committed_manifest_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("weights")
+            .join(MANIFEST_FILE);
+        let manifest = Manifest::load(&path).unwrap();
+        assert_eq!(manifest.default_model().name, "resnet50");
+        assert_eq!(manifest.default_model().variant, Variant::V1);
+    }
+}

@@ -1,0 +1,4 @@
+//! Network definitions as candle modules, one file per architecture, each reading like
+//! its paper. Loading, labels and preprocessing live elsewhere ([`crate::classifier`]).
+
+pub mod resnet;

@@ -1,0 +1,192 @@
+//! Image bytes to an upright 8-bit RGB picture: format sniffing, a pixel budget checked
+//! from the header before any pixel is decoded, EXIF orientation, and colour conversion
+//! (grey, alpha, 16-bit and CMYK all become RGB).
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+
+use super::PreprocessError;
+
+/// The formats we promise to read; anything else is refused as unsupported.
+const SUPPORTED_FORMATS: [ImageFormat; 5] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::WebP,
+    ImageFormat::Bmp,
+    ImageFormat::Gif,
+];
+
+/// Decoded bytes allowed per declared pixel: RGBA at 16 bits per channel, plus the
+/// converted copy. Bounds the decoder's allocations to what the pixel budget implies.
+const MAX_BYTES_PER_PIXEL: u64 = 8 + 3;
+
+/// Width and height as the file's header declares them, without decoding pixels.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
+    let reader = reader(bytes, Limits::no_limits())?;
+    reader
+        .into_dimensions()
+        .map_err(PreprocessError::from_image)
+}
+
+/// Decodes `bytes` into an upright RGB image of at most `max_pixels` pixels.
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessError> {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL).max(1 << 20));
+    let mut decoder = reader(bytes, limits)?
+        .into_decoder()
+        .map_err(PreprocessError::from_image)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(PreprocessError::TooManyPixels {
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(PreprocessError::Invalid(format!(
+            "the image is {width}x{height} pixels"
+        )));
+    }
+    // A broken EXIF block should not cost the user their answer: keep the pixels as stored.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(PreprocessError::from_image)?;
+    image.apply_orientation(orientation);
+    Ok(to_rgb(image))
+}
+
+fn reader(bytes: &[u8], limits: Limits) -> Result<ImageReader<Cursor<&[u8]>>, PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::Empty);
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::Invalid(e.to_string()))?;
+    match reader.format() {
+        Some(format) if SUPPORTED_FORMATS.contains(&format) => {}
+        Some(format) => {
+            return Err(PreprocessError::Unsupported(format!(
+                "{format:?} images are not supported (use JPEG, PNG, WebP, BMP or GIF)"
+            )))
+        }
+        None => {
+            return Err(PreprocessError::Unsupported(
+                "not a JPEG, PNG, WebP, BMP or GIF image".to_string(),
+            ))
+        }
+    }
+    reader.limits(limits);
+    Ok(reader)
+}
+
+/// Flattens any colour type to 8-bit RGB; transparent pixels are composited over white,
+/// the background a browser shows them on.
+fn to_rgb(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    let (width, height) = rgba.dimensions();
+    let mut rgb = RgbImage::new(width, height);
+    for (out, pixel) in rgb.pixels_mut().zip(rgba.pixels()) {
+        let alpha = u32::from(pixel[3]);
+        for channel in 0..3 {
+            let blended = u32::from(pixel[channel]) * alpha + 255 * (255 - alpha);
+            out[channel] = ((blended + 127) / 255) as u8;
+        }
+    }
+    rgb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
+
+    fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut bytes), format)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn every_colour_type_becomes_rgb() {
+        let grey = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(4, 3, Luma([200u8])));
+        let grey16 = DynamicImage::ImageLuma16(ImageBuffer::from_pixel(4, 3, Luma([65535u16])));
+        let rgb16 =
+            DynamicImage::ImageRgb16(ImageBuffer::from_pixel(4, 3, Rgb([0u16, 32896, 65535])));
+        let grey_alpha = DynamicImage::ImageLumaA8(ImageBuffer::from_pixel(4, 3, LumaA([0u8, 0])));
+        let rgba = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(4, 3, Rgba([0u8, 0, 0, 255])));
+        for (image, expect) in [
+            (grey, [200, 200, 200]),
+            (grey16, [255, 255, 255]),
+            (rgb16, [0, 128, 255]),
+            (grey_alpha, [255, 255, 255]),
+            (rgba, [0, 0, 0]),
+        ] {
+            let decoded = decode_rgb(&encode(&image, ImageFormat::Png), 1000).unwrap();
+            assert_eq!(decoded.dimensions(), (4, 3));
+            assert_eq!(decoded.get_pixel(1, 1).0, expect, "{:?}", image.color());
+        }
+    }
+
+    #[test]
+    fn reads_every_promised_format() {
+        let image = DynamicImage::ImageRgb8(ImageBuffer::from_fn(8, 6, |x, y| {
+            Rgb([(x * 30) as u8, (y * 40) as u8, 128])
+        }));
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Bmp,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+            ImageFormat::Jpeg,
+        ] {
+            let decoded = decode_rgb(&encode(&image, format), 1000)
+                .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert_eq!(decoded.dimensions(), (8, 6), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_too_many_pixels_before_decoding() {
+        let image = DynamicImage::ImageRgb8(ImageBuffer::new(40, 30));
+        let bytes = encode(&image, ImageFormat::Png);
+        assert_eq!(dimensions(&bytes).unwrap(), (40, 30));
+        let err = decode_rgb(&bytes, 1199).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooManyPixels {
+                    width: 40,
+                    height: 30,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(decode_rgb(&bytes, 1200).is_ok());
+    }
+
+    #[test]
+    fn names_what_is_wrong_with_bad_bytes() {
+        assert!(matches!(decode_rgb(b"", 10), Err(PreprocessError::Empty)));
+        assert!(matches!(
+            decode_rgb(b"hello, world", 10),
+            Err(PreprocessError::Unsupported(_))
+        ));
+        let tiff_header = b"II*\0\x08\0\0\0";
+        let err = decode_rgb(tiff_header, 10).unwrap_err();
+        assert!(err.to_string().contains("Tiff"), "{err}");
+        let image = DynamicImage::ImageRgb8(ImageBuffer::new(64, 64));
+        let png = encode(&image, ImageFormat::Png);
+        let err = decode_rgb(&png[..png.len() / 2], 10_000).unwrap_err();
+        assert!(matches!(err, PreprocessError::Invalid(_)), "{err}");
+    }
+}

@@ -1,0 +1,130 @@
+//! The `classify` binary as a user runs it.
+
+use crate::util::{classify, shared, stderr_of, stdout_of};
+
+#[test]
+fn predict_prints_one_json_object_per_image() {
+    let photos = shared().join("data/photos");
+    let tiger = photos.join("tiger.jpg");
+    let cup = photos.join("coffee_cup.jpg");
+    let output = classify(&[
+        "predict",
+        "--format",
+        "json",
+        "--top",
+        "3",
+        tiger.to_str().unwrap(),
+        cup.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let lines: Vec<serde_json::Value> = stdout_of(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["model"], "resnet50");
+    assert_eq!(lines[0]["file"], tiger.to_str().unwrap());
+    let best = &lines[0]["predictions"][0];
+    assert_eq!(
+        (
+            best["index"].as_u64(),
+            best["id"].as_str(),
+            best["label"].as_str()
+        ),
+        (Some(292), Some("n02129604"), Some("tiger"))
+    );
+    assert!(best["score"].as_f64().unwrap() > 0.9);
+    assert_eq!(lines[0]["predictions"].as_array().unwrap().len(), 3);
+    assert!(lines[0]["elapsed_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(lines[1]["predictions"][0]["label"], "espresso");
+}
+
+#[test]
+fn predict_text_is_the_original_services_line() {
+    let tiger = shared().join("data/photos/tiger.jpg");
+    let output = classify(&[
+        "predict",
+        "--format",
+        "text",
+        "--resize",
+        "squash-nearest",
+        "--top",
+        "3",
+        tiger.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let line = stdout_of(&output);
+    assert!(
+        line.starts_with("Predicted: [('n02129604', 'tiger', 0.92"),
+        "{line}"
+    );
+    assert!(line.contains("('n02123159', 'tiger_cat', 0.04"), "{line}");
+    assert!(
+        line.trim_end().ends_with(")]") && line.contains("'zebra'"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_bad_file_is_reported_and_the_others_still_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not an image").unwrap();
+    let missing = dir.path().join("missing.jpg");
+    let cup = shared().join("data/photos/coffee_cup.jpg");
+    let output = classify(&[
+        "predict",
+        "--format",
+        "json",
+        text.to_str().unwrap(),
+        cup.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = stdout_of(&output);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("espresso"));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("notes.txt") && stderr.contains("not a JPEG"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing.jpg"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    let cup = shared().join("data/photos/coffee_cup.jpg");
+    for (args, expect) in [
+        (
+            vec!["predict", "--top", "0", cup.to_str().unwrap()],
+            "--top",
+        ),
+        (
+            vec!["predict", "--model", "resnet51", cup.to_str().unwrap()],
+            "unknown model \"resnet51\"",
+        ),
+        (
+            vec!["predict", "--resize", "stretch", cup.to_str().unwrap()],
+            "stretch",
+        ),
+        (
+            vec![
+                "--manifest",
+                "/nonexistent/models.toml",
+                "predict",
+                cup.to_str().unwrap(),
+            ],
+            "/nonexistent/models.toml",
+        ),
+    ] {
+        let output = classify(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr_of(&output).contains(expect),
+            "{args:?}: {}",
+            stderr_of(&output)
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: where the shared data lives, the committed
+//! model loaded once per test binary, and running the `classify` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use edge_classify::classifier::Classifier;
+use edge_classify::manifest::Manifest;
+
+/// The project's root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the checkout (or `EDGE_SHARED`): photos, golden vectors, data sets.
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("EDGE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("..").join("shared"));
+    assert!(
+        dir.join("README.md").is_file(),
+        "the shared data folder {} is missing: tests need ../shared beside the checkout (or EDGE_SHARED)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn manifest() -> Manifest {
+    Manifest::load(&root().join("weights").join("models.toml"))
+        .expect("the committed manifest loads")
+}
+
+/// The committed ResNet-50, loaded once for all tests of this binary.
+pub fn resnet50() -> &'static Classifier {
+    static MODEL: OnceLock<Classifier> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let manifest = manifest();
+        Classifier::load(manifest.model("resnet50").unwrap())
+            .expect("the committed ResNet-50 loads")
+    })
+}
+
+/// Runs the `classify` binary with these arguments.
+pub fn classify(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_classify"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the classify binary runs")
+}
+
+pub fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
