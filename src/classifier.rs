@@ -70,7 +70,8 @@ impl Classifier {
             let network = match spec.architecture {
                 Architecture::Resnet50 => {
                     let config = resnet::Config::resnet50(spec.variant, Some(labels.len()));
-                    Network::ResNet(weights.build(|vb| ResNet::new(&config, vb))?)
+                    let network = weights.build(|vb| ResNet::new(&config, vb))?;
+                    Network::ResNet(network.fold_batch_norm()?)
                 }
             };
             Ok(Self {

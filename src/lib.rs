@@ -5,8 +5,11 @@
 //! - [`preprocess`] turns image bytes into input tensors;
 //! - [`classifier`] ties one model's network, labels and input together;
 //! - [`predictions`] formats answers;
+//! - [`server`] is the OpenFaaS-compatible HTTP function;
+//! - [`bench`] is the on-device benchmark;
 //! - [`cli`] is the `classify` command line.
 
+pub mod bench;
 pub mod classifier;
 pub mod cli;
 pub mod labels;
@@ -14,4 +17,5 @@ pub mod manifest;
 pub mod models;
 pub mod predictions;
 pub mod preprocess;
+pub mod server;
 pub mod weights;

@@ -1,9 +1,12 @@
 //! Integration tests: the model against reference outputs, and the `classify` binary.
 //! They read `../shared` (photos, golden vectors, data sets); see `util.rs`.
 
+mod server_util;
 mod util;
 
 mod accuracy;
+mod browser;
 mod cli;
 mod loading;
 mod reference;
+mod server;

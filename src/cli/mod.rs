@@ -2,6 +2,7 @@
 //! the library. Exit codes: 0 success, 1 some inputs could not be classified,
 //! 2 a usage or start-up error (bad arguments, a model that does not load).
 
+mod bench;
 mod predict;
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::manifest::{default_manifest_path, Manifest};
+use crate::server::settings::ServeSettings;
 
 const AFTER_HELP: &str =
     "Exit codes: 0 success, 1 some inputs could not be classified, 2 usage or start-up error.";
@@ -27,8 +29,12 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the models as an OpenFaaS-compatible HTTP function (port 8080).
+    Serve(ServeSettings),
     /// Classify image files and print the top predictions.
     Predict(predict::PredictArgs),
+    /// Measure load time, latency, throughput and memory on this machine.
+    Bench(bench::BenchArgs),
 }
 
 /// Exit code for inputs that could not all be classified.
@@ -39,7 +45,12 @@ pub const EXIT_ERROR: u8 = 2;
 /// Parses the process arguments, runs the command and reports any error.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
+    // The function logs every request; one-shot commands only warnings.
+    init_logging(if matches!(args.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     match run(args) {
         Ok(code) => code,
         Err(error) => {
@@ -53,16 +64,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let manifest_path = args.manifest.unwrap_or_else(default_manifest_path);
     let manifest = Manifest::load(&manifest_path)?;
     match args.command {
+        Command::Serve(settings) => {
+            crate::server::serve(&manifest, settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Predict(predict) => predict::run(&manifest, predict),
+        Command::Bench(bench) => bench::run(&manifest, bench),
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors).
-fn init_logging() {
+/// Logs go to stderr, filtered by `RUST_LOG` (default: `default_level`).
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -58,10 +58,12 @@ impl Config {
 }
 
 /// A bias-free convolution followed by BatchNorm; the pair every ResNet layer is made of.
+/// For inference the BatchNorm can be folded into the convolution's weights and bias.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
     conv: Conv2d,
-    bn: BatchNorm,
+    /// `None` once folded into `conv`.
+    bn: Option<BatchNorm>,
 }
 
 /// The geometry of one convolution, named so that call sites cannot swap the numbers.
@@ -92,21 +94,38 @@ impl ConvBn {
             ..Default::default()
         };
         let bn = candle_nn::batch_norm(shape.out_channels, bn_config, bn_vb)?;
-        Ok(Self { conv, bn })
+        Ok(Self { conv, bn: Some(bn) })
     }
 
     pub fn conv(&self) -> &Conv2d {
         &self.conv
     }
 
-    pub fn bn(&self) -> &BatchNorm {
-        &self.bn
+    /// The BatchNorm, unless it was folded into the convolution.
+    pub fn bn(&self) -> Option<&BatchNorm> {
+        self.bn.as_ref()
+    }
+
+    /// The same function for inference as one convolution with bias: saves a pass over
+    /// every activation. The result can no longer train its statistics.
+    pub fn fold_batch_norm(&self) -> Result<Self> {
+        match &self.bn {
+            Some(bn) => Ok(Self {
+                conv: self.conv.absorb_bn(bn)?,
+                bn: None,
+            }),
+            None => Ok(self.clone()),
+        }
     }
 }
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.conv.forward(xs)?.apply_t(&self.bn, train)
+        let xs = self.conv.forward(xs)?;
+        match &self.bn {
+            Some(bn) => xs.apply_t(bn, train),
+            None => Ok(xs),
+        }
     }
 }
 
@@ -179,6 +198,19 @@ impl Bottleneck {
             spatial,
             expand,
             downsample,
+        })
+    }
+
+    fn fold_batch_norm(&self) -> Result<Self> {
+        Ok(Self {
+            reduce: self.reduce.fold_batch_norm()?,
+            spatial: self.spatial.fold_batch_norm()?,
+            expand: self.expand.fold_batch_norm()?,
+            downsample: self
+                .downsample
+                .as_ref()
+                .map(ConvBn::fold_batch_norm)
+                .transpose()?,
         })
     }
 
@@ -259,6 +291,20 @@ impl ResNet {
         &self.config
     }
 
+    /// The network for inference, every BatchNorm folded into its convolution.
+    pub fn fold_batch_norm(&self) -> Result<Self> {
+        Ok(Self {
+            config: self.config.clone(),
+            stem: self.stem.fold_batch_norm()?,
+            stages: self
+                .stages
+                .iter()
+                .map(|stage| stage.iter().map(Bottleneck::fold_batch_norm).collect())
+                .collect::<Result<_>>()?,
+            fc: self.fc.clone(),
+        })
+    }
+
     pub fn stem(&self) -> &ConvBn {
         &self.stem
     }
@@ -316,7 +362,7 @@ mod tests {
             let padding = weight.dim(3).unwrap() / 2;
             xs.conv2d(weight, padding, stride, 1, 1)
                 .unwrap()
-                .apply_t(layer.bn(), false)
+                .apply_t(layer.bn().unwrap(), false)
                 .unwrap()
         };
         let layers: Vec<&ConvBn> = block.layers().collect();
@@ -382,6 +428,39 @@ mod tests {
         assert_eq!(
             v1.features_t(&xs, false).unwrap().dims(),
             [1, v1.config().feature_dim()]
+        );
+    }
+
+    #[test]
+    fn folding_batch_norm_keeps_the_function() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let config = Config {
+            variant: Variant::V1,
+            blocks_per_stage: [1, 1, 1, 1],
+            base_width: 4,
+            num_classes: Some(5),
+        };
+        let net = ResNet::new(&config, vb).unwrap();
+        // Give the statistics values a fresh VarMap does not have.
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("running_var")
+                || name.ends_with("running_mean")
+                || name.ends_with("bn1.weight")
+            {
+                let fresh = Tensor::rand(0.5f32, 1.5, var.shape(), &Device::Cpu).unwrap();
+                var.set(&fresh).unwrap();
+            }
+        }
+        let xs = random_input((2, 3, 40, 40));
+        let slow = net.forward_t(&xs, false).unwrap();
+        let folded = net.fold_batch_norm().unwrap();
+        assert!(folded.stem().bn().is_none());
+        let fast = folded.forward_t(&xs, false).unwrap();
+        assert!(
+            max_difference(&slow, &fast) < 1e-4,
+            "{}",
+            max_difference(&slow, &fast)
         );
     }
 

@@ -21,21 +21,34 @@ const SUPPORTED_FORMATS: [ImageFormat; 5] = [
 /// converted copy. Bounds the decoder's allocations to what the pixel budget implies.
 const MAX_BYTES_PER_PIXEL: u64 = 8 + 3;
 
-/// Width and height as the file's header declares them, without decoding pixels.
+/// Width and height as the file's header declares them, read from the first few
+/// hundred bytes without decoding (or even receiving) any pixel.
 pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
-    let reader = reader(bytes, Limits::no_limits())?;
-    reader
-        .into_dimensions()
-        .map_err(PreprocessError::from_image)
+    reader(bytes, Limits::no_limits())?;
+    let size = imagesize::blob_size(bytes)
+        .map_err(|e| PreprocessError::Invalid(format!("cannot read the image header: {e}")))?;
+    let fits = |n: usize| u32::try_from(n).ok();
+    match (fits(size.width), fits(size.height)) {
+        (Some(width), Some(height)) => Ok((width, height)),
+        _ => Err(PreprocessError::Invalid(
+            "the image header declares impossible dimensions".into(),
+        )),
+    }
 }
 
 /// Decodes `bytes` into an upright RGB image of at most `max_pixels` pixels.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessError> {
     let mut limits = Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL).max(1 << 20));
-    let mut decoder = reader(bytes, limits)?
-        .into_decoder()
-        .map_err(PreprocessError::from_image)?;
+    let reader = reader(bytes, limits)?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a missing tail with grey and carries on; a truncated
+        // upload must be an error, not a confident answer about half a picture.
+        return Err(PreprocessError::Invalid(
+            "the JPEG data is truncated (no end-of-image marker)".into(),
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(PreprocessError::from_image)?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
@@ -81,6 +94,31 @@ fn reader(bytes: &[u8], limits: Limits) -> Result<ImageReader<Cursor<&[u8]>>, Pr
     }
     reader.limits(limits);
     Ok(reader)
+}
+
+/// Whether a JPEG's entropy-coded data ends with its end-of-image marker. Walks the
+/// marker segments up to the first scan (so thumbnails inside EXIF blocks are skipped),
+/// then looks for `FF D9`, which byte stuffing keeps out of scan data.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const START_OF_SCAN: u8 = 0xDA;
+    let mut at = 2; // after SOI
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xFF {
+            return false;
+        }
+        let marker = bytes[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        if marker == START_OF_SCAN {
+            let scan = &bytes[(at + 2 + length).min(bytes.len())..];
+            return memchr::memmem::find(scan, &[0xFF, 0xD9]).is_some();
+        }
+        at += 2 + length;
+    }
+    false
 }
 
 /// Flattens any colour type to 8-bit RGB; transparent pixels are composited over white,
@@ -188,5 +226,40 @@ mod tests {
         let png = encode(&image, ImageFormat::Png);
         let err = decode_rgb(&png[..png.len() / 2], 10_000).unwrap_err();
         assert!(matches!(err, PreprocessError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error() {
+        let image = DynamicImage::ImageRgb8(ImageBuffer::from_fn(64, 64, |x, y| {
+            Rgb([x as u8 * 4, y as u8 * 4, 7])
+        }));
+        let jpeg = encode(&image, ImageFormat::Jpeg);
+        assert!(decode_rgb(&jpeg, 10_000).is_ok());
+        for cut in [jpeg.len() - 2, jpeg.len() / 2, 300] {
+            let err = decode_rgb(&jpeg[..cut], 10_000).unwrap_err();
+            assert!(err.to_string().contains("truncated"), "cut at {cut}: {err}");
+        }
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"trailing bytes some cameras append");
+        assert!(decode_rgb(&trailing, 10_000).is_ok());
+    }
+
+    #[test]
+    fn dimensions_come_from_the_header_alone() {
+        let image = DynamicImage::ImageRgb8(ImageBuffer::new(40, 30));
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::WebP,
+        ] {
+            let bytes = encode(&image, format);
+            assert_eq!(
+                dimensions(&bytes[..bytes.len().min(400)]).unwrap(),
+                (40, 30),
+                "{format:?}"
+            );
+        }
     }
 }
