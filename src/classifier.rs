@@ -9,7 +9,7 @@ use candle_core::{ModuleT, Tensor, D};
 use crate::labels::Labels;
 use crate::manifest::{Architecture, ModelSpec};
 use crate::models::resnet::{self, ResNet};
-use crate::predictions::{top_k, Prediction};
+use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
 use crate::weights::CheckedWeights;
 
@@ -34,7 +34,7 @@ impl Default for ClassifyOptions {
     fn default() -> Self {
         Self {
             resize: None,
-            top: 5,
+            top: DEFAULT_TOP,
             max_pixels: preprocess::DEFAULT_MAX_PIXELS,
         }
     }

@@ -14,6 +14,7 @@ pub mod classifier;
 pub mod cli;
 pub mod labels;
 pub mod manifest;
+pub mod memory;
 pub mod models;
 pub mod predictions;
 pub mod preprocess;

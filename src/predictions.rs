@@ -5,6 +5,11 @@ use serde::Serialize;
 
 use crate::labels::Labels;
 
+/// Most predictions one answer may list (`--top`, `?top=`).
+pub const MAX_TOP: usize = 20;
+/// Predictions listed when the caller does not say.
+pub const DEFAULT_TOP: usize = 5;
+
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {

@@ -9,28 +9,11 @@ use edge_classify::classifier::Classifier;
 use edge_classify::manifest::Manifest;
 use sha2::{Digest, Sha256};
 
-use crate::util::root;
+use crate::util::{manifest_with_weights, root, COMMITTED_SHA256};
 
 /// A manifest in a temporary folder whose resnet50 entry points at `weights` with `sha256`.
 fn manifest_for(dir: &Path, weights: &Path, sha256: &str) -> Manifest {
-    let committed = std::fs::read_to_string(root().join("weights/models.toml")).unwrap();
-    let labels = root().join("weights/imagenet-labels.tsv");
-    let text = committed
-        .replace(
-            "\"resnet50.safetensors\"",
-            &format!("{:?}", weights.display().to_string()),
-        )
-        .replace(
-            "\"imagenet-labels.tsv\"",
-            &format!("{:?}", labels.display().to_string()),
-        )
-        .replace(
-            "3ec2186643ce057332786ef91e8864dd474ee6757c9df16f4f36b69415730655",
-            sha256,
-        );
-    let path = dir.join("models.toml");
-    std::fs::write(&path, text).unwrap();
-    Manifest::load(&path).unwrap()
+    Manifest::load(&manifest_with_weights(dir, weights, sha256)).unwrap()
 }
 
 fn load_error(manifest: &Manifest) -> String {
@@ -142,11 +125,7 @@ fn extra_tensors_mean_another_architecture() {
 fn label_count_must_match_the_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let weights = root().join("weights/resnet50.safetensors");
-    let manifest = manifest_for(
-        dir.path(),
-        &weights,
-        "3ec2186643ce057332786ef91e8864dd474ee6757c9df16f4f36b69415730655",
-    );
+    let manifest = manifest_for(dir.path(), &weights, COMMITTED_SHA256);
     let mut spec = manifest.model("resnet50").unwrap().clone();
     let labels = dir.path().join("labels.tsv");
     std::fs::write(&labels, "0\tn1\tone\n1\tn2\ttwo\n").unwrap();

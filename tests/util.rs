@@ -31,6 +31,32 @@ pub fn manifest() -> Manifest {
         .expect("the committed manifest loads")
 }
 
+/// Writes `dir/models.toml`: the committed manifest with the resnet50 weights at
+/// `weights` (promising `sha256`) and the committed labels; returns its path.
+pub fn manifest_with_weights(dir: &Path, weights: &Path, sha256: &str) -> PathBuf {
+    let committed = std::fs::read_to_string(root().join("weights/models.toml")).unwrap();
+    let text = committed
+        .replace(
+            "\"resnet50.safetensors\"",
+            &format!("{:?}", weights.to_str().unwrap()),
+        )
+        .replace(
+            "\"imagenet-labels.tsv\"",
+            &format!(
+                "{:?}",
+                root().join("weights/imagenet-labels.tsv").to_str().unwrap()
+            ),
+        )
+        .replace(COMMITTED_SHA256, sha256);
+    let path = dir.join("models.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// sha256 of the committed ResNet-50 weights.
+pub const COMMITTED_SHA256: &str =
+    "3ec2186643ce057332786ef91e8864dd474ee6757c9df16f4f36b69415730655";
+
 /// The committed ResNet-50, loaded once for all tests of this binary.
 pub fn resnet50() -> &'static Classifier {
     static MODEL: OnceLock<Classifier> = OnceLock::new();

@@ -45,6 +45,7 @@ pub const EXIT_ERROR: u8 = 2;
 /// Parses the process arguments, runs the command and reports any error.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    crate::memory::configure_allocator();
     // The function logs every request; one-shot commands only warnings.
     init_logging(if matches!(args.command, Command::Serve(_)) {
         "info"

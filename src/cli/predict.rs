@@ -12,11 +12,8 @@ use serde::Serialize;
 use super::EXIT_SOME_FAILED;
 use crate::classifier::{Classifier, ClassifyOptions};
 use crate::manifest::Manifest;
-use crate::predictions::{keras_line, Prediction};
+use crate::predictions::{keras_line, Prediction, DEFAULT_TOP, MAX_TOP};
 use crate::preprocess::{ResizeMode, DEFAULT_MAX_PIXELS};
-
-/// Most predictions one answer may list.
-pub const MAX_TOP: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -32,7 +29,7 @@ pub struct PredictArgs {
     #[arg(long)]
     model: Option<String>,
     /// How many predictions to print per image (1..=20).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = DEFAULT_TOP)]
     top: usize,
     /// Spatial transform (default: the model's, centre-crop for ResNet-50).
     #[arg(long, value_enum)]

@@ -228,6 +228,65 @@ mod tests {
         assert!(matches!(err, PreprocessError::Invalid(_)), "{err}");
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    fn near(pixel: &Rgb<u8>, expect: [u8; 3]) -> bool {
+        pixel.0.iter().zip(expect).all(|(a, b)| a.abs_diff(b) <= 12)
+    }
+
+    #[test]
+    fn cmyk_jpeg_becomes_rgb() {
+        let image = decode_rgb(&fixture("cmyk.jpg"), 1000).unwrap();
+        assert_eq!(image.dimensions(), (24, 16));
+        assert!(
+            near(image.get_pixel(3, 8), [220, 30, 30]),
+            "{:?}",
+            image.get_pixel(3, 8)
+        );
+        assert!(
+            near(image.get_pixel(20, 8), [30, 30, 220]),
+            "{:?}",
+            image.get_pixel(20, 8)
+        );
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let image = decode_rgb(&fixture("orientation6.jpg"), 1000).unwrap();
+        assert_eq!(image.dimensions(), (16, 24), "rotated upright");
+        assert!(
+            near(image.get_pixel(8, 3), [220, 30, 30]),
+            "red on top: {:?}",
+            image.get_pixel(8, 3)
+        );
+        assert!(
+            near(image.get_pixel(8, 20), [30, 30, 220]),
+            "blue below: {:?}",
+            image.get_pixel(8, 20)
+        );
+    }
+
+    #[test]
+    fn sixteen_bit_grey_and_gif_first_frame() {
+        let grey = decode_rgb(&fixture("grey16.png"), 1000).unwrap();
+        let last = grey.get_pixel(23, 15);
+        assert_eq!(last[0], last[2]);
+        assert!(last[0] > 200, "{last:?}");
+        let gif = decode_rgb(&fixture("two-frames.gif"), 1000).unwrap();
+        assert!(
+            near(gif.get_pixel(5, 5), [20, 200, 20]),
+            "the first frame: {:?}",
+            gif.get_pixel(5, 5)
+        );
+    }
+
     #[test]
     fn a_truncated_jpeg_is_an_error() {
         let image = DynamicImage::ImageRgb8(ImageBuffer::from_fn(64, 64, |x, y| {

@@ -15,15 +15,11 @@ use super::settings::limit;
 use super::workers::Job;
 use super::State;
 use crate::classifier::{Classifier, ClassifyError};
-use crate::predictions::{keras_line, Prediction};
+use crate::predictions::{keras_line, Prediction, DEFAULT_TOP, MAX_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
 
 /// The upload page: one self-contained file, no external assets.
 const PAGE: &str = include_str!("page.html");
-
-/// Most predictions one answer may list.
-pub const MAX_TOP: usize = 20;
-const DEFAULT_TOP: usize = 5;
 
 /// Bodies up to this size were read by tiny_http with the headers; larger ones are read
 /// (or drained) from the socket, which can block on a slow client.
@@ -98,9 +94,7 @@ enum Route {
 pub(super) fn dispatch(state: &Arc<State>, request: Request) {
     let started = Instant::now();
     let route = route(state, &request);
-    let small_body = request
-        .body_length()
-        .is_some_and(|n| n <= BUFFERED_BODY_BYTES);
+    let small_body = body_is_buffered(&request);
     match route {
         // Answering drops the request, which drains an unread body: only do that here
         // when the body was already buffered.
@@ -150,6 +144,19 @@ pub(super) fn dispatch(state: &Arc<State>, request: Request) {
             }
         }
     }
+}
+
+/// Whether tiny_http has already read the whole body (or there is none), so that
+/// answering and dropping the request cannot block on the client.
+fn body_is_buffered(request: &Request) -> bool {
+    let streamed = header(request, "Transfer-Encoding").is_some()
+        || header(request, "Expect").is_some()
+        || header(request, "Connection")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"));
+    !streamed
+        && request
+            .body_length()
+            .is_none_or(|n| n <= BUFFERED_BODY_BYTES)
 }
 
 fn route(state: &State, request: &Request) -> Route {

@@ -81,6 +81,9 @@ fn work(jobs: &Receiver<Job>, max_batch: usize, metrics: &Metrics) {
             run_batch(&model, same, metrics);
             batch = rest;
         }
+        if jobs.is_empty() {
+            crate::memory::release_free_memory();
+        }
     }
 }
 
