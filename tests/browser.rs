@@ -101,14 +101,17 @@ fn the_upload_page_classifies_a_photo_in_chromium() {
     driver
         .call("POST", &at("/url"), Some(json!({"url": server.url("/")})))
         .unwrap();
-    let input = driver
-        .call(
-            "POST",
-            &at("/element"),
-            Some(json!({"using": "css selector", "value": "#file"})),
-        )
-        .unwrap();
-    let input = input["value"][ELEMENT_KEY].as_str().unwrap().to_string();
+    let find = |css: &str| -> String {
+        let found = driver
+            .call(
+                "POST",
+                &at("/element"),
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .unwrap();
+        found["value"][ELEMENT_KEY].as_str().unwrap().to_string()
+    };
+    let input = find("#file");
     let tiger = shared()
         .join("data/photos/tiger.jpg")
         .canonicalize()
@@ -124,14 +127,7 @@ fn the_upload_page_classifies_a_photo_in_chromium() {
     let started = Instant::now();
     let mut shown = String::new();
     while started.elapsed() < Duration::from_secs(60) {
-        let results = driver
-            .call(
-                "POST",
-                &at("/element"),
-                Some(json!({"using": "css selector", "value": "#results"})),
-            )
-            .unwrap();
-        let results = results["value"][ELEMENT_KEY].as_str().unwrap().to_string();
+        let results = find("#results");
         shown = driver
             .call("GET", &at(&format!("/element/{results}/text")), None)
             .unwrap()["value"]

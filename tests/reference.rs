@@ -2,7 +2,7 @@
 //! PyTorch's top-5 on real photos in both resize modes, and the original service's
 //! published answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};
 use edge_classify::classifier::ClassifyOptions;
@@ -11,13 +11,26 @@ use edge_classify::preprocess::ResizeMode;
 
 use crate::util::{resnet50, shared};
 
+/// `<photo>.input` (preprocessed) and `<photo>.logits` (PyTorch's forward).
+fn golden() -> HashMap<String, Tensor> {
+    let path = shared().join("weights/resnet50-golden.safetensors");
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 #[test]
 fn logits_match_the_golden_vectors() {
-    let golden = candle_core::safetensors::load(
-        shared().join("weights/resnet50-golden.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let golden = golden();
     let mut photos: Vec<&str> = golden
         .keys()
         .filter_map(|k| k.strip_suffix(".input"))
@@ -28,14 +41,7 @@ fn logits_match_the_golden_vectors() {
         let input = &golden[&format!("{photo}.input")];
         let expected = &golden[&format!("{photo}.logits")];
         let logits = resnet50().logits(input).unwrap();
-        let worst: f32 = (logits - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let worst = max_abs_difference(&logits, expected);
         assert!(worst <= 1e-3, "{photo}: max |logit difference| {worst}");
     }
 }
@@ -107,24 +113,13 @@ fn cow_squashed_like_the_original_service() {
 
 #[test]
 fn a_batch_gives_the_same_logits_as_single_images() {
-    let golden = candle_core::safetensors::load(
-        shared().join("weights/resnet50-golden.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let golden = golden();
     let inputs = ["tiger", "coffee_cup"].map(|p| golden[&format!("{p}.input")].clone());
     let batch = Tensor::cat(&inputs, 0).unwrap();
     let together = resnet50().logits(&batch).unwrap();
     for (i, input) in inputs.iter().enumerate() {
         let alone = resnet50().logits(input).unwrap();
-        let diff: f32 = (together.get(i).unwrap() - alone.squeeze(0).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_difference(&together.get(i).unwrap(), &alone.squeeze(0).unwrap());
         assert!(diff <= 1e-4, "image {i}: {diff}");
     }
 }
