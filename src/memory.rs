@@ -5,7 +5,7 @@
 //! use; with several worker and handler threads the resident size creeps up with every
 //! burst of requests. A fixed threshold returns large blocks to the system when they
 //! are freed, a small arena count bounds fragmentation, and [`release_free_memory`]
-//! hands back what the arenas still hold once the function goes idle. (mimalloc was
+//! hands back what the arenas still hold once a worker has been idle for a moment. (mimalloc was
 //! measured too: it kept about 900 MB resident after the same bursts.) Other C
 //! libraries need nothing.
 
