@@ -265,7 +265,29 @@ fn over_max_inflight_answers_429_and_memory_stays_flat() {
     // must then leave memory where it was.
     storm();
     let rss_before = settled_rss();
-    let statuses = storm();
+    // Readiness reports 429 while max_inflight requests run (the watchdog contract).
+    let storm_over = std::sync::atomic::AtomicBool::new(false);
+    let (statuses, readiness) = std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            let mut seen = Vec::new();
+            while !storm_over.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.push(server.get("/_/ready").status);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        let statuses = storm();
+        storm_over.store(true, std::sync::atomic::Ordering::SeqCst);
+        (statuses, prober.join().unwrap())
+    });
+    assert!(
+        readiness.contains(&429),
+        "/_/ready never said 429 at max_inflight: {readiness:?}"
+    );
+    assert!(
+        readiness.iter().all(|s| *s == 200 || *s == 429),
+        "{readiness:?}"
+    );
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 429),
         "{statuses:?}"
