@@ -126,6 +126,13 @@ impl Classifier {
         Ok(candle_nn::ops::softmax(&self.logits(batch)?, D::Minus1)?)
     }
 
+    /// Class probabilities, one row per preprocessed `[3, size, size]` image, computed
+    /// in one forward pass.
+    pub fn probability_rows(&self, inputs: &[Tensor]) -> Result<Vec<Vec<f32>>> {
+        let batch = Tensor::stack(inputs, 0)?;
+        Ok(self.probabilities(&batch)?.to_vec2()?)
+    }
+
     /// Decodes, preprocesses and classifies one encoded image.
     pub fn classify_bytes(
         &self,
@@ -140,10 +147,7 @@ impl Classifier {
 
     /// Classifies one preprocessed `[3, size, size]` image.
     pub fn classify_tensor(&self, input: &Tensor, top: usize) -> Result<Vec<Prediction>> {
-        let probabilities: Vec<f32> = self
-            .probabilities(&input.unsqueeze(0)?)?
-            .squeeze(0)?
-            .to_vec1()?;
-        Ok(top_k(&probabilities, &self.labels, top))
+        let rows = self.probability_rows(std::slice::from_ref(input))?;
+        Ok(top_k(&rows[0], &self.labels, top))
     }
 }

@@ -38,10 +38,7 @@ fn imagenet_sample_top1() {
                 .unwrap()
             })
             .collect();
-        let probabilities = model
-            .probabilities(&Tensor::stack(&inputs, 0).unwrap())
-            .unwrap();
-        let probabilities: Vec<Vec<f32>> = probabilities.to_vec2().unwrap();
+        let probabilities = model.probability_rows(&inputs).unwrap();
         for ((_, truth), row) in chunk.iter().zip(&probabilities) {
             let rank = row.iter().filter(|&&p| p > row[*truth]).count();
             top1 += usize::from(rank == 0);

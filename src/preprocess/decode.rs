@@ -36,6 +36,24 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
     }
 }
 
+/// Refuses an image whose header declares more than `max_pixels` pixels, before any
+/// pixel is decoded (or even received past the header).
+pub fn check_pixel_budget(bytes: &[u8], max_pixels: u64) -> Result<(), PreprocessError> {
+    let (width, height) = dimensions(bytes)?;
+    within_pixel_budget(width, height, max_pixels)
+}
+
+fn within_pixel_budget(width: u32, height: u32, max_pixels: u64) -> Result<(), PreprocessError> {
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(PreprocessError::TooManyPixels {
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    Ok(())
+}
+
 /// Decodes `bytes` into an upright RGB image of at most `max_pixels` pixels.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessError> {
     let mut limits = Limits::default();
@@ -50,15 +68,8 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessE
     }
     let mut decoder = reader.into_decoder().map_err(PreprocessError::from_image)?;
     let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(PreprocessError::TooManyPixels {
-            width,
-            height,
-            max_pixels,
-        });
-    }
-    if pixels == 0 {
+    within_pixel_budget(width, height, max_pixels)?;
+    if width == 0 || height == 0 {
         return Err(PreprocessError::Invalid(format!(
             "the image is {width}x{height} pixels"
         )));

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use serde::Deserialize;
 
-pub use decode::{decode_rgb, dimensions};
+pub use decode::{check_pixel_budget, decode_rgb, dimensions};
 
 /// Pixel budget when none is configured (the function's `max_pixels` default).
 pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;

@@ -123,13 +123,12 @@ pub(super) fn dispatch(state: &Arc<State>, request: Request) {
                 .stack_size(HANDLER_STACK_BYTES)
                 .spawn(move || {
                     let state = handler_state;
-                    let answer_and_request = match route {
+                    let (answer, request) = match route {
                         Route::Now(answer) => (answer, request),
                         Route::Classify { model, query } => {
                             classify(&state, request, model, &query)
                         }
                     };
-                    let (answer, request) = answer_and_request;
                     let guard = state.watchdog.watch(
                         request.remote_addr().copied(),
                         limit(state.settings.write_timeout),
@@ -384,16 +383,8 @@ fn run(
     text: bool,
 ) -> Answer {
     // Refuse bombs and junk from the header alone, before queueing any work.
-    match preprocess::dimensions(&image) {
-        Ok((width, height)) if u64::from(width) * u64::from(height) > state.settings.max_pixels => {
-            return input_error(PreprocessError::TooManyPixels {
-                width,
-                height,
-                max_pixels: state.settings.max_pixels,
-            });
-        }
-        Ok(_) => {}
-        Err(error) => return input_error(error),
+    if let Err(error) = preprocess::check_pixel_budget(&image, state.settings.max_pixels) {
+        return input_error(error);
     }
     let started = Instant::now();
     let (reply, answer) = crossbeam_channel::bounded(1);

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::classifier::{Classifier, ClassifyError};
@@ -134,10 +133,7 @@ fn run_batch(model: &Classifier, jobs: Vec<Job>, metrics: &Metrics) {
     if ready.is_empty() {
         return;
     }
-    let probabilities = Tensor::stack(&inputs, 0)
-        .map_err(anyhow::Error::from)
-        .and_then(|batch| model.probabilities(&batch))
-        .and_then(|p| Ok(p.to_vec2::<f32>()?));
+    let probabilities = model.probability_rows(&inputs);
     let seconds_each = started.elapsed().as_secs_f64() / ready.len() as f64;
     match probabilities {
         Ok(rows) => {
