@@ -19,7 +19,7 @@ use crate::preprocess;
 pub struct BenchResult {
     pub model: String,
     pub precision: &'static str,
-    /// Threads candle may use inside one forward pass.
+    /// Threads one forward pass may use.
     pub threads: usize,
     /// Callers classifying at once (end-to-end throughput).
     pub concurrency: usize,
@@ -60,8 +60,7 @@ pub fn synthetic_jpeg(width: u32, height: u32) -> Vec<u8> {
     bytes
 }
 
-/// Measures one configuration. Candle reads its thread count from `RAYON_NUM_THREADS`
-/// at every operation, so the caller sets that variable before calling.
+/// Measures one configuration at the model's current thread count.
 pub fn run(model: &Arc<Classifier>, image: &[u8], options: &BenchOptions) -> Result<BenchResult> {
     let input = preprocess::prepare(image, &model.spec().input, None, u64::MAX)
         .context("the benchmark image cannot be preprocessed")?

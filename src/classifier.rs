@@ -1,22 +1,25 @@
 //! A loaded model ready to answer: network, labels and input specification, built once
 //! from a manifest entry and shared read-only by every request.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{ModuleT, Tensor, D};
+use candle_core::{Tensor, D};
 
+use crate::kernels::Threads;
 use crate::labels::Labels;
 use crate::manifest::{Architecture, ModelSpec};
 use crate::models::resnet::{self, ResNet};
+use crate::plan::{self, resnet::ResNetPlan};
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
 use crate::weights::CheckedWeights;
 
-/// The network behind a model.
+/// The network behind a model, compiled for inference.
 #[derive(Debug)]
 enum Network {
-    ResNet(ResNet),
+    ResNet(ResNetPlan),
 }
 
 /// Per-request choices.
@@ -57,6 +60,8 @@ pub struct Classifier {
     network: Network,
     labels: Labels,
     load_seconds: f64,
+    /// Threads one forward pass may use.
+    threads: AtomicUsize,
 }
 
 impl Classifier {
@@ -71,7 +76,7 @@ impl Classifier {
                 Architecture::Resnet50 => {
                     let config = resnet::Config::resnet50(spec.variant, Some(labels.len()));
                     let network = weights.build(|vb| ResNet::new(&config, vb))?;
-                    Network::ResNet(network.fold_batch_norm()?)
+                    Network::ResNet(ResNetPlan::new(&network.fold_batch_norm()?)?)
                 }
             };
             Ok(Self {
@@ -79,6 +84,7 @@ impl Classifier {
                 network,
                 labels,
                 load_seconds: 0.0,
+                threads: AtomicUsize::new(default_threads()),
             })
         };
         let mut classifier =
@@ -100,6 +106,22 @@ impl Classifier {
         &self.labels
     }
 
+    /// Threads each forward pass uses (default: every core).
+    pub fn threads(&self) -> Threads {
+        Threads(self.threads.load(Ordering::Relaxed))
+    }
+
+    pub fn set_threads(&self, threads: usize) {
+        self.threads.store(threads.max(1), Ordering::Relaxed);
+    }
+
+    /// Frees buffers kept for the next forward pass (call when idle).
+    pub fn release_memory(&self) {
+        match &self.network {
+            Network::ResNet(net) => net.release_memory(),
+        }
+    }
+
     /// Seconds it took to read, verify and build the model.
     pub fn load_seconds(&self) -> f64 {
         self.load_seconds
@@ -115,10 +137,22 @@ impl Classifier {
                 self.spec.name
             ),
         }
-        let logits = match &self.network {
-            Network::ResNet(net) => net.forward_t(batch, false)?,
-        };
-        Ok(logits)
+        let threads = self.threads();
+        let (_, height, width, images) = plan::images_chw(batch)?;
+        let mut logits = Vec::with_capacity(images.len());
+        let mut outputs = 0;
+        for image in &images {
+            let row = match &self.network {
+                Network::ResNet(net) => net.forward(image, height, width, threads),
+            };
+            outputs = row.len();
+            logits.extend(row);
+        }
+        Ok(Tensor::from_vec(
+            logits,
+            (images.len(), outputs),
+            batch.device(),
+        )?)
     }
 
     /// Class probabilities for a preprocessed batch, `[n, classes]`.
@@ -150,4 +184,8 @@ impl Classifier {
         let rows = self.probability_rows(std::slice::from_ref(input))?;
         Ok(top_k(&rows[0], &self.labels, top))
     }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

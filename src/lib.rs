@@ -2,6 +2,7 @@
 //!
 //! - [`manifest`] describes the models; [`weights`] reads and verifies their files;
 //! - [`models`] defines the networks as candle modules;
+//! - [`plan`] compiles them for fast inference on the [`kernels`];
 //! - [`preprocess`] turns image bytes into input tensors;
 //! - [`classifier`] ties one model's network, labels and input together;
 //! - [`predictions`] formats answers;
@@ -12,10 +13,12 @@
 pub mod bench;
 pub mod classifier;
 pub mod cli;
+pub mod kernels;
 pub mod labels;
 pub mod manifest;
 pub mod memory;
 pub mod models;
+pub mod plan;
 pub mod predictions;
 pub mod preprocess;
 pub mod server;

@@ -80,8 +80,7 @@ pub fn run(manifest: &Manifest, args: BenchArgs) -> Result<ExitCode> {
         );
     }
     for &thread_count in &threads {
-        // candle reads this at every operation (see bench::run).
-        std::env::set_var("RAYON_NUM_THREADS", thread_count.to_string());
+        model.set_threads(thread_count);
         for &concurrency in &args.concurrency {
             let options = BenchOptions {
                 threads: thread_count,

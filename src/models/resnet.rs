@@ -214,6 +214,22 @@ impl Bottleneck {
         })
     }
 
+    pub fn reduce(&self) -> &ConvBn {
+        &self.reduce
+    }
+
+    pub fn spatial(&self) -> &ConvBn {
+        &self.spatial
+    }
+
+    pub fn expand(&self) -> &ConvBn {
+        &self.expand
+    }
+
+    pub fn downsample(&self) -> Option<&ConvBn> {
+        self.downsample.as_ref()
+    }
+
     /// The block's layers in order: reduce, spatial, expand, then the shortcut projection.
     pub fn layers(&self) -> impl Iterator<Item = &ConvBn> {
         [&self.reduce, &self.spatial, &self.expand]

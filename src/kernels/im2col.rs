@@ -1,0 +1,136 @@
+//! Lowering a convolution to a matrix product on NHWC activations: every output pixel
+//! becomes one row holding its receptive field, ordered (kernel row, kernel column,
+//! channel) to match the packed weights of [`crate::plan::Conv2d`]. Padding lanes are
+//! written as zeros (garbage there could decode to denormals and slow the product down).
+
+/// Geometry of a square convolution window over an NHWC image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Window {
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Length of one lowered row.
+    pub fn patch_len(&self) -> usize {
+        self.kernel * self.kernel * self.channels
+    }
+
+    pub fn rows(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    /// Whether the input is already the lowered matrix (1x1, stride 1, no padding).
+    pub fn is_identity(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Writes rows `first_row..` of the lowered `rows x patch_len` matrix of `input` into
+    /// `out`, as many as fit.
+    pub fn lower_rows(&self, input: &[f32], first_row: usize, out: &mut [f32]) {
+        assert_eq!(input.len(), self.height * self.width * self.channels);
+        let out_width = self.out_width();
+        for (i, row) in out.chunks_exact_mut(self.patch_len()).enumerate() {
+            let pixel = first_row + i;
+            self.lower_pixel(input, pixel / out_width, pixel % out_width, row);
+        }
+    }
+
+    fn lower_pixel(&self, input: &[f32], out_y: usize, out_x: usize, row: &mut [f32]) {
+        let c = self.channels;
+        let span = self.kernel * c;
+        for ky in 0..self.kernel {
+            let dst = &mut row[ky * span..(ky + 1) * span];
+            let y = (out_y * self.stride + ky) as isize - self.padding as isize;
+            if y < 0 || y >= self.height as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let x0 = (out_x * self.stride) as isize - self.padding as isize;
+            let row_start = y as usize * self.width;
+            if x0 >= 0 && x0 as usize + self.kernel <= self.width {
+                // The whole kernel row lies inside the image: one contiguous copy.
+                let start = (row_start + x0 as usize) * c;
+                dst.copy_from_slice(&input[start..start + span]);
+                continue;
+            }
+            for kx in 0..self.kernel {
+                let x = x0 + kx as isize;
+                let lane = &mut dst[kx * c..(kx + 1) * c];
+                if x < 0 || x >= self.width as isize {
+                    lane.fill(0.0);
+                } else {
+                    let start = (row_start + x as usize) * c;
+                    lane.copy_from_slice(&input[start..start + c]);
+                }
+            }
+        }
+    }
+
+    /// The portable reference, one element at a time.
+    pub fn lower_reference(&self, input: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows() * self.patch_len());
+        for oy in 0..self.out_height() {
+            for ox in 0..self.out_width() {
+                for ky in 0..self.kernel {
+                    for kx in 0..self.kernel {
+                        let y = (oy * self.stride + ky) as isize - self.padding as isize;
+                        let x = (ox * self.stride + kx) as isize - self.padding as isize;
+                        let inside = (0..self.height as isize).contains(&y)
+                            && (0..self.width as isize).contains(&x);
+                        for ch in 0..self.channels {
+                            out.push(if inside {
+                                input[(y as usize * self.width + x as usize) * self.channels + ch]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::tests::Lcg;
+
+    #[test]
+    fn lowering_matches_the_reference_over_strides_padding_and_odd_sizes() {
+        let mut rng = Lcg(11);
+        for _ in 0..150 {
+            let kernel = [1, 3, 5, 7][rng.below(4)];
+            let window = Window {
+                height: kernel + rng.below(9),
+                width: kernel + rng.below(9),
+                channels: 1 + rng.below(5),
+                kernel,
+                stride: 1 + rng.below(3),
+                padding: rng.below(kernel / 2 + 1),
+            };
+            let input = rng.vec(window.height * window.width * window.channels);
+            let mut out = vec![f32::NAN; window.rows() * window.patch_len()];
+            // In two parts, as the threads of a convolution do.
+            let split = rng.below(window.rows() + 1);
+            let (head, tail) = out.split_at_mut(split * window.patch_len());
+            window.lower_rows(&input, 0, head);
+            window.lower_rows(&input, split, tail);
+            assert_eq!(out, window.lower_reference(&input), "{window:?}");
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Pooling over NHWC activations.
+
+use super::im2col::Window;
+
+/// Max pooling; padded positions are ignored (as if they held -inf).
+pub fn max_pool(window: &Window, input: &[f32], out: &mut [f32]) {
+    let c = window.channels;
+    assert_eq!(input.len(), window.height * window.width * c);
+    let (out_h, out_w) = (window.out_height(), window.out_width());
+    let out = &mut out[..out_h * out_w * c];
+    out.fill(f32::NEG_INFINITY);
+    for oy in 0..out_h {
+        for ox in 0..out_w {
+            let dst = &mut out[(oy * out_w + ox) * c..][..c];
+            for ky in 0..window.kernel {
+                let y = (oy * window.stride + ky) as isize - window.padding as isize;
+                if y < 0 || y >= window.height as isize {
+                    continue;
+                }
+                for kx in 0..window.kernel {
+                    let x = (ox * window.stride + kx) as isize - window.padding as isize;
+                    if x < 0 || x >= window.width as isize {
+                        continue;
+                    }
+                    let src = &input[(y as usize * window.width + x as usize) * c..][..c];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = d.max(*s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Mean over all pixels of an NHWC image, one value per channel.
+pub fn global_average(input: &[f32], channels: usize, out: &mut [f32]) {
+    let out = &mut out[..channels];
+    out.fill(0.0);
+    let pixels = input.len() / channels;
+    for pixel in input.chunks_exact(channels) {
+        for (o, x) in out.iter_mut().zip(pixel) {
+            *o += x;
+        }
+    }
+    let scale = 1.0 / pixels as f32;
+    out.iter_mut().for_each(|o| *o *= scale);
+}
+
+/// `max(x, 0)` in place.
+pub fn relu(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::tests::Lcg;
+
+    #[test]
+    fn max_pool_matches_candle_on_odd_sizes() {
+        use candle_core::{Device, Tensor};
+        let mut rng = Lcg(5);
+        for _ in 0..30 {
+            let window = Window {
+                height: 3 + rng.below(10),
+                width: 3 + rng.below(10),
+                channels: 1 + rng.below(4),
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            };
+            let input = rng.vec(window.height * window.width * window.channels);
+            let mut ours = vec![0.0; window.rows() * window.channels];
+            max_pool(&window, &input, &mut ours);
+            // candle: NCHW, -inf padding by hand.
+            let (h, w, c) = (window.height, window.width, window.channels);
+            let nchw = Tensor::from_vec(input, (1, h, w, c), &Device::Cpu)
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap();
+            let padded = nchw
+                .pad_with_same(3, 1, 1)
+                .unwrap()
+                .pad_with_same(2, 1, 1)
+                .unwrap();
+            let expected = padded
+                .max_pool2d_with_stride(3, 2)
+                .unwrap()
+                .permute((0, 2, 3, 1))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(ours, expected, "{window:?}");
+        }
+    }
+
+    #[test]
+    fn global_average_is_the_channel_mean() {
+        let mut out = [0.0; 2];
+        global_average(&[1.0, 10.0, 3.0, 20.0], 2, &mut out);
+        assert_eq!(out, [2.0, 15.0]);
+    }
+}
