@@ -8,11 +8,13 @@
 //! - [`predictions`] formats answers;
 //! - [`server`] is the OpenFaaS-compatible HTTP function;
 //! - [`bench`] is the on-device benchmark;
-//! - [`cli`] is the `classify` command line.
+//! - [`cli`] is the `classify` command line;
+//! - [`fuzz_targets`] drives every parser of outside input for the fuzzers.
 
 pub mod bench;
 pub mod classifier;
 pub mod cli;
+pub mod fuzz_targets;
 pub mod kernels;
 pub mod labels;
 pub mod manifest;

@@ -524,3 +524,86 @@ fn a_huge_declared_body_is_refused_without_reading_it() {
     assert_eq!(server.get("/_/health").status, 200, "{:?}", server.log());
     assert_eq!(server.post("/", &photo("tiger.jpg")).status, 200);
 }
+
+/// Reads until the server closes the connection; what it sent first, if anything.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => answer,
+        // A reset after the server gave up on the head also counts as closed.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answer,
+        Err(e) => panic!("the server did not close the connection within {within:?}: {e}"),
+    }
+}
+
+#[test]
+fn slow_or_silent_request_heads_are_cut_at_read_timeout() {
+    let server = Server::ready(&[], &[("read_timeout", "1s")]);
+    // Silent after connecting, and idle after a first request on a keep-alive connection.
+    let mut silent = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut idle = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(idle, "GET /_/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // A head trickled a byte at a time, never finished.
+    let mut trickle = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for byte in b"GET /_/health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+                if trickle.write_all(&[*byte]).is_err() {
+                    return; // cut off: what we wanted
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        assert!(read_until_closed(&mut silent, Duration::from_secs(10)).is_empty());
+        let answer = read_until_closed(&mut idle, Duration::from_secs(10));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "the first request was answered"
+        );
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(server.get("/_/health").status, 200);
+}
+
+#[test]
+fn oversized_heads_are_refused_and_connections_are_capped() {
+    let server = Server::ready(&["--max-connections", "2"], &[("read_timeout", "30s")]);
+    let mut long_line = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        long_line,
+        "GET /_/health HTTP/1.1\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    )
+    .ok();
+    let answer = read_until_closed(&mut long_line, Duration::from_secs(10));
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "a 64 KiB header line is refused"
+    );
+    let mut many = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let headers: String = (0..500).map(|i| format!("X-{i}: v\r\n")).collect();
+    write!(many, "GET /_/health HTTP/1.1\r\n{headers}\r\n").ok();
+    let answer = read_until_closed(&mut many, Duration::from_secs(10));
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "500 headers are refused"
+    );
+
+    // Two handlers allow four open sockets; the fifth is closed at once.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(extra, "GET /_/health HTTP/1.1\r\nHost: x\r\n\r\n").ok();
+    assert!(read_until_closed(&mut extra, Duration::from_secs(10)).is_empty());
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        server.get("/_/health").status,
+        200,
+        "room again once they close"
+    );
+}

@@ -77,13 +77,20 @@ impl Server {
     /// it listens (not necessarily ready).
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let lock_file = dir.path().join("lock");
         let mut command = Command::new(env!("CARGO_BIN_EXE_classify"));
         command
             .arg("serve")
-            .args(["--port", "0", "--bind", "127.0.0.1"])
-            .arg("--lock-file")
-            .arg(&lock_file)
+            .args(["--port", "0", "--bind", "127.0.0.1"]);
+        // A private lock file unless the test names one.
+        let lock_file = match args.iter().position(|a| *a == "--lock-file") {
+            Some(i) => PathBuf::from(args[i + 1]),
+            None => {
+                let lock_file = dir.path().join("lock");
+                command.arg("--lock-file").arg(&lock_file);
+                lock_file
+            }
+        };
+        command
             .args(args)
             .current_dir(root())
             .env("RUST_LOG", "info")

@@ -7,6 +7,8 @@ mod util;
 mod accuracy;
 mod browser;
 mod cli;
+mod faults;
+mod fuzz_corpus;
 mod loading;
 mod reference;
 mod server;

@@ -11,12 +11,13 @@ use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
 use super::multipart;
+use super::request::{self, Query};
 use super::settings::limit;
 use super::workers::Job;
 use super::State;
 use crate::classifier::{Classifier, ClassifyError};
-use crate::predictions::{keras_line, Prediction, DEFAULT_TOP, MAX_TOP};
-use crate::preprocess::{self, PreprocessError, ResizeMode};
+use crate::predictions::{keras_line, Prediction};
+use crate::preprocess::{self, PreprocessError};
 
 /// The upload page: one self-contained file, no external assets.
 const PAGE: &str = include_str!("page.html");
@@ -251,49 +252,6 @@ fn unknown_model(state: &State, name: &str) -> Answer {
     )
 }
 
-/// Per-request choices from the query string.
-struct Query {
-    model: Option<String>,
-    top: usize,
-    resize: Option<ResizeMode>,
-}
-
-fn parse_query(query: &str) -> Result<Query, Answer> {
-    let mut parsed = Query {
-        model: None,
-        top: DEFAULT_TOP,
-        resize: None,
-    };
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
-            "top" => {
-                parsed.top = value
-                    .parse()
-                    .ok()
-                    .filter(|top| (1..=MAX_TOP).contains(top))
-                    .ok_or_else(|| {
-                        Answer::error(
-                            400,
-                            "bad_query",
-                            format!(
-                                "top must be a whole number from 1 to {MAX_TOP}, got {value:?}"
-                            ),
-                        )
-                    })?;
-            }
-            "model" => parsed.model = Some(value.into_owned()),
-            "resize" => {
-                parsed.resize = Some(
-                    <ResizeMode as clap::ValueEnum>::from_str(&value, true)
-                        .map_err(|_| Answer::error(400, "bad_query", format!("resize must be center-crop, squash-nearest or squash-bilinear, got {value:?}")))?,
-                );
-            }
-            _ => {} // gateways and tools add their own parameters
-        }
-    }
-    Ok(parsed)
-}
-
 /// The whole classification exchange; returns the request so the caller answers it.
 fn classify(
     state: &State,
@@ -317,7 +275,9 @@ fn classify(
             request,
         );
     };
-    let query = match parse_query(query) {
+    let query = match request::parse_query(query)
+        .map_err(|detail| Answer::error(400, "bad_query", detail))
+    {
         Ok(query) => query,
         Err(answer) => return (answer, request),
     };
@@ -515,17 +475,14 @@ fn content_type(request: &Request) -> Option<String> {
     header(request, "Content-Type").map(str::to_string)
 }
 
-/// `Accept: text/plain` (and no JSON) asks for the original service's line.
 fn wants_text(request: &Request) -> bool {
-    header(request, "Accept")
-        .is_some_and(|accept| accept.contains("text/plain") && !accept.contains("json"))
+    request::wants_text(header(request, "Accept"))
 }
 
 /// The caller's `X-Call-Id` when it is a sane token, or a fresh one.
 fn call_id(request: &Request) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    header(request, "X-Call-Id")
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+    request::sane_call_id(header(request, "X-Call-Id"))
         .map(str::to_string)
         .unwrap_or_else(|| {
             let since_epoch = std::time::SystemTime::now()

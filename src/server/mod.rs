@@ -9,6 +9,7 @@
 mod api;
 pub mod metrics;
 pub mod multipart;
+pub mod request;
 pub mod settings;
 pub mod watchdog;
 mod workers;
@@ -65,6 +66,10 @@ pub fn serve(manifest: &Manifest, settings: ServeSettings) -> Result<()> {
             )
         })?;
     let address = listener.local_addr()?;
+    tiny_http::limits::set(
+        settings.max_connections as usize * OPEN_CONNECTIONS_PER_HANDLER,
+        settings::limit(settings.read_timeout),
+    );
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| anyhow::anyhow!("cannot start the HTTP server on {address}: {e}"))?;
     eprintln!("classify: listening on http://{address}");
@@ -130,6 +135,12 @@ pub fn serve(manifest: &Manifest, settings: ServeSettings) -> Result<()> {
     }
     Ok(())
 }
+
+/// Open sockets allowed per handled connection (`max_connections`): the extra room is
+/// for idle keep-alive connections, which cost a thread but no body. Beyond it, new
+/// connections are closed at once; an open connection must deliver each request head
+/// within `read_timeout` (idle time included), so slow or silent clients free their slot.
+const OPEN_CONNECTIONS_PER_HANDLER: usize = 2;
 
 fn selected_models<'a>(manifest: &'a Manifest, names: &[String]) -> Result<Vec<&'a ModelSpec>> {
     if names.is_empty() {

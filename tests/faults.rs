@@ -1,0 +1,174 @@
+//! Faults from outside the request path (issue 8): damaged or vanishing weights, an
+//! unwritable lock file, signals in every phase, out-of-range settings. Each one ends in
+//! a clear message and a defined exit or refusal.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::server_util::Server;
+use crate::util::{classify, manifest_with_weights, root, shared, stderr_of, COMMITTED_SHA256};
+
+fn committed_weights() -> PathBuf {
+    root().join("weights/resnet50.safetensors")
+}
+
+/// A private copy of the committed weights and a manifest that points at it.
+fn weights_copy(dir: &Path) -> (PathBuf, PathBuf) {
+    let weights = dir.join("resnet50.safetensors");
+    std::fs::copy(committed_weights(), &weights).unwrap();
+    let manifest = manifest_with_weights(dir, &weights, COMMITTED_SHA256);
+    (weights, manifest)
+}
+
+fn tiger() -> PathBuf {
+    shared().join("data/photos/tiger.jpg")
+}
+
+fn predict_with(manifest: &Path) -> std::process::Output {
+    classify(&[
+        "predict",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        tiger().to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn flipped_bytes_in_the_weights_are_caught_by_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, manifest) = weights_copy(dir.path());
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40; // one bit inside a tensor: the file still parses
+    std::fs::write(&weights, bytes).unwrap();
+    let output = predict_with(&manifest);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a model that does not load is a start-up error"
+    );
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("sha256") && stderr.contains("resnet50.safetensors"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreadable_weights_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("resnet50.safetensors");
+    // A directory where the file should be: unreadable even for root.
+    std::fs::create_dir(&weights).unwrap();
+    let manifest = manifest_with_weights(dir.path(), &weights, COMMITTED_SHA256);
+    let output = predict_with(&manifest);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a model that does not load is a start-up error"
+    );
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("cannot read") && stderr.contains("resnet50.safetensors"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn replacing_the_weights_while_serving_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, manifest) = weights_copy(dir.path());
+    let server = Server::ready(&["--manifest", manifest.to_str().unwrap()], &[]);
+    let photo = std::fs::read(tiger()).unwrap();
+    let before = server.post("/", &photo);
+    assert_eq!(before.status, 200);
+    // Overwritten in place (same inode) and then replaced by a new file.
+    std::fs::write(&weights, b"not weights").unwrap();
+    let after_overwrite = server.post("/", &photo);
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::write(&weights, vec![0u8; 1 << 20]).unwrap();
+    let after_replace = server.post("/", &photo);
+    for after in [after_overwrite, after_replace] {
+        assert_eq!(after.status, 200, "{}", after.body);
+        assert_eq!(after.json()["predictions"], before.json()["predictions"]);
+    }
+    assert_eq!(server.get("/_/health").status, 200);
+}
+
+#[test]
+fn an_unwritable_lock_file_is_reported_and_serving_goes_on() {
+    // Under a file, not a directory: fails for root too, like a read-only /tmp.
+    let server = Server::ready(&["--lock-file", "/dev/null/.lock"], &[]);
+    let log = server.log().join("\n");
+    assert!(log.contains("cannot write the lock file"), "{log}");
+    assert_eq!(server.get("/_/health").status, 200);
+    let photo = std::fs::read(tiger()).unwrap();
+    assert_eq!(server.post("/", &photo).status, 200);
+}
+
+/// SIGTERM and SIGINT while the models load and while idle: exit 0, promptly, with the
+/// lock file gone (the busy phase is `sigterm_finishes_accepted_requests_and_exits_0`).
+#[test]
+fn sigterm_and_sigint_while_loading_and_idle_exit_0() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut loading = Server::start(&[], &[]);
+        loading.signal(signal);
+        let started = Instant::now();
+        let status = loading.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "signal {signal} while loading");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!loading.lock_file.exists());
+
+        let mut idle = Server::ready(&[], &[]);
+        assert!(idle.lock_file.exists());
+        idle.signal(signal);
+        let status = idle.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "signal {signal} while idle");
+        assert!(!idle.lock_file.exists(), "the lock file is removed");
+    }
+}
+
+#[test]
+fn sigint_while_busy_finishes_the_request() {
+    let mut server = Server::ready(&["--workers", "1", "--write-timeout", "120s"], &[]);
+    let photo = std::fs::read(tiger()).unwrap();
+    let status = std::thread::scope(|scope| {
+        let client = scope.spawn(|| server.post("/", &photo).status);
+        std::thread::sleep(Duration::from_millis(100));
+        server.signal(libc::SIGINT);
+        client.join().unwrap()
+    });
+    assert_eq!(status, 200);
+    assert_eq!(server.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn out_of_range_settings_are_refused_by_name() {
+    for (key, value) in [
+        ("workers", "0"),
+        ("workers", "100000"),
+        ("max_batch", "0"),
+        ("max_batch", "1000"),
+        ("queue", "0"),
+        ("max_connections", "0"),
+        ("max_pixels", "0"),
+        ("read_timeout", "100000h"),
+        ("write_timeout", "NaN"),
+        ("exec_timeout", "1e400"),
+        ("max_inflight", "99999999999999999999999"),
+        ("port", "-1"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_classify"))
+            .arg("serve")
+            .env(key, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{key}={value}");
+        let stderr = stderr_of(&output);
+        assert!(
+            stderr.contains(key) || stderr.contains(value),
+            "{key}={value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{key}={value}: {stderr}");
+    }
+}
