@@ -104,7 +104,7 @@ pub fn run(model: &Arc<Classifier>, image: &[u8], options: &BenchOptions) -> Res
 
     Ok(BenchResult {
         model: model.name().to_string(),
-        precision: "f32",
+        precision: model.precision().name(),
         threads: options.threads,
         concurrency: options.concurrency,
         iters: options.iters,

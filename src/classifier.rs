@@ -11,7 +11,7 @@ use crate::kernels::Threads;
 use crate::labels::Labels;
 use crate::manifest::{Architecture, ModelSpec};
 use crate::models::resnet::{self, ResNet};
-use crate::plan::{self, resnet::ResNetPlan};
+use crate::plan::{self, resnet::ResNetPlan, Precision};
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
 use crate::weights::CheckedWeights;
@@ -60,6 +60,7 @@ pub struct Classifier {
     network: Network,
     labels: Labels,
     load_seconds: f64,
+    precision: Precision,
     /// Threads one forward pass may use.
     threads: AtomicUsize,
 }
@@ -68,6 +69,11 @@ impl Classifier {
     /// Loads the weights and labels a manifest entry names, checking hash, tensor names
     /// and shapes, and that the labels match the network's outputs.
     pub fn load(spec: &ModelSpec) -> Result<Self> {
+        Self::load_with(spec, Precision::F32)
+    }
+
+    /// Loads a model at a precision (int8 quantizes the f32 weights at load).
+    pub fn load_with(spec: &ModelSpec, precision: Precision) -> Result<Self> {
         let started = Instant::now();
         let load = || -> Result<Self> {
             let labels = Labels::load(&spec.labels)?;
@@ -76,7 +82,7 @@ impl Classifier {
                 Architecture::Resnet50 => {
                     let config = resnet::Config::resnet50(spec.variant, Some(labels.len()));
                     let network = weights.build(|vb| ResNet::new(&config, vb))?;
-                    Network::ResNet(ResNetPlan::new(&network.fold_batch_norm()?)?)
+                    Network::ResNet(ResNetPlan::new(&network.fold_batch_norm()?, precision)?)
                 }
             };
             Ok(Self {
@@ -84,13 +90,14 @@ impl Classifier {
                 network,
                 labels,
                 load_seconds: 0.0,
+                precision,
                 threads: AtomicUsize::new(default_threads()),
             })
         };
         let mut classifier =
             load().with_context(|| format!("cannot load the model {:?}", spec.name))?;
         classifier.load_seconds = started.elapsed().as_secs_f64();
-        tracing::info!(model = %spec.name, seconds = classifier.load_seconds, "model loaded");
+        tracing::info!(model = %spec.name, precision = precision.name(), seconds = classifier.load_seconds, "model loaded");
         Ok(classifier)
     }
 
@@ -104,6 +111,10 @@ impl Classifier {
 
     pub fn labels(&self) -> &Labels {
         &self.labels
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Threads each forward pass uses (default: every core).

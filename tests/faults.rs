@@ -172,3 +172,30 @@ fn out_of_range_settings_are_refused_by_name() {
         assert!(!stderr.contains("panicked"), "{key}={value}: {stderr}");
     }
 }
+
+#[test]
+fn no_request_path_reaches_the_file_system() {
+    let server = Server::ready(&[], &[]);
+    let photo = std::fs::read(tiger()).unwrap();
+    for path in [
+        "/../../etc/passwd",
+        "/weights/models.toml",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/?model=../weights/resnet50.safetensors",
+        "/?model=/etc/passwd",
+    ] {
+        let answer = server.post(path, &photo);
+        assert_eq!(answer.status, 404, "{path}: {}", answer.body);
+        assert!(!answer.body.contains("root:"), "{path}");
+        let answer = server.get(path);
+        assert!(
+            answer.status == 404 || (path.starts_with("/?") && answer.status == 200),
+            "{path}: {}",
+            answer.status
+        );
+        assert!(
+            !answer.body.contains("root:") && !answer.body.contains("[models"),
+            "{path}"
+        );
+    }
+}

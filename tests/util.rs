@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use edge_classify::classifier::Classifier;
 use edge_classify::manifest::Manifest;
+use edge_classify::plan::Precision;
 
 /// The project's root.
 pub fn root() -> &'static Path {
@@ -64,6 +65,16 @@ pub fn resnet50() -> &'static Classifier {
         let manifest = manifest();
         Classifier::load(manifest.model("resnet50").unwrap())
             .expect("the committed ResNet-50 loads")
+    })
+}
+
+/// The committed ResNet-50 quantized to int8 at load, once for all tests.
+pub fn resnet50_int8() -> &'static Classifier {
+    static MODEL: OnceLock<Classifier> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let manifest = manifest();
+        Classifier::load_with(manifest.model("resnet50").unwrap(), Precision::Int8)
+            .expect("the committed ResNet-50 loads as int8")
     })
 }
 

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::bench::{self, BenchOptions};
 use crate::classifier::Classifier;
 use crate::manifest::Manifest;
+use crate::plan::Precision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -24,6 +25,9 @@ pub struct BenchArgs {
     /// Model name from the manifest (default: its first model).
     #[arg(long)]
     model: Option<String>,
+    /// Precisions to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
     /// Thread counts to measure, comma-separated (default: 1 and every core).
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
@@ -62,7 +66,6 @@ pub fn run(manifest: &Manifest, args: BenchArgs) -> Result<ExitCode> {
     if threads.is_empty() {
         threads = if cores > 1 { vec![1, cores] } else { vec![1] };
     }
-    let model = Arc::new(Classifier::load(spec)?);
     if args.format == Format::Table {
         println!(
             "{:<10} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>8}",
@@ -79,17 +82,19 @@ pub fn run(manifest: &Manifest, args: BenchArgs) -> Result<ExitCode> {
             "peak_MB"
         );
     }
-    for &thread_count in &threads {
-        model.set_threads(thread_count);
-        for &concurrency in &args.concurrency {
-            let options = BenchOptions {
-                threads: thread_count,
-                concurrency,
-                iters: args.iters,
-                warmup: args.warmup,
-            };
-            let result = bench::run(&model, &image, &options)?;
-            match args.format {
+    for &precision in &args.precision {
+        let model = Arc::new(Classifier::load_with(spec, precision)?);
+        for &thread_count in &threads {
+            model.set_threads(thread_count);
+            for &concurrency in &args.concurrency {
+                let options = BenchOptions {
+                    threads: thread_count,
+                    concurrency,
+                    iters: args.iters,
+                    warmup: args.warmup,
+                };
+                let result = bench::run(&model, &image, &options)?;
+                match args.format {
                 Format::Json => println!("{}", serde_json::to_string(&result)?),
                 Format::Table => println!(
                     "{:<10} {:>9} {:>7} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>10.2} {:>7.2} {:>8.0}",
@@ -105,6 +110,7 @@ pub fn run(manifest: &Manifest, args: BenchArgs) -> Result<ExitCode> {
                     result.load_s,
                     result.peak_rss_mb
                 ),
+            }
             }
         }
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::EXIT_SOME_FAILED;
 use crate::classifier::{Classifier, ClassifyOptions};
 use crate::manifest::Manifest;
+use crate::plan::Precision;
 use crate::predictions::{keras_line, Prediction, DEFAULT_TOP, MAX_TOP};
 use crate::preprocess::{ResizeMode, DEFAULT_MAX_PIXELS};
 
@@ -29,6 +30,9 @@ pub struct PredictArgs {
     #[arg(long)]
     model: Option<String>,
     /// How many predictions to print per image (1..=20).
+    /// Weights and arithmetic: f32, or int8 (quantized at load).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
     #[arg(long, default_value_t = DEFAULT_TOP)]
     top: usize,
     /// Spatial transform (default: the model's, centre-crop for ResNet-50).
@@ -66,7 +70,7 @@ pub fn run(manifest: &Manifest, args: PredictArgs) -> Result<ExitCode> {
     } else {
         Format::Json
     });
-    let classifier = Classifier::load(spec)?;
+    let classifier = Classifier::load_with(spec, args.precision)?;
     let options = ClassifyOptions {
         resize: args.resize,
         top: args.top,

@@ -38,8 +38,8 @@ impl Window {
     }
 
     /// Writes rows `first_row..` of the lowered `rows x patch_len` matrix of `input` into
-    /// `out`, as many as fit.
-    pub fn lower_rows(&self, input: &[f32], first_row: usize, out: &mut [f32]) {
+    /// `out`, as many as fit. Works on f32 and on quantized (u8) activations alike.
+    pub fn lower_rows<T: Copy + Default>(&self, input: &[T], first_row: usize, out: &mut [T]) {
         assert_eq!(input.len(), self.height * self.width * self.channels);
         let out_width = self.out_width();
         for (i, row) in out.chunks_exact_mut(self.patch_len()).enumerate() {
@@ -48,14 +48,20 @@ impl Window {
         }
     }
 
-    fn lower_pixel(&self, input: &[f32], out_y: usize, out_x: usize, row: &mut [f32]) {
+    fn lower_pixel<T: Copy + Default>(
+        &self,
+        input: &[T],
+        out_y: usize,
+        out_x: usize,
+        row: &mut [T],
+    ) {
         let c = self.channels;
         let span = self.kernel * c;
         for ky in 0..self.kernel {
             let dst = &mut row[ky * span..(ky + 1) * span];
             let y = (out_y * self.stride + ky) as isize - self.padding as isize;
             if y < 0 || y >= self.height as isize {
-                dst.fill(0.0);
+                dst.fill(T::default());
                 continue;
             }
             let x0 = (out_x * self.stride) as isize - self.padding as isize;
@@ -70,7 +76,7 @@ impl Window {
                 let x = x0 + kx as isize;
                 let lane = &mut dst[kx * c..(kx + 1) * c];
                 if x < 0 || x >= self.width as isize {
-                    lane.fill(0.0);
+                    lane.fill(T::default());
                 } else {
                     let start = (row_start + x as usize) * c;
                     lane.copy_from_slice(&input[start..start + c]);

@@ -9,6 +9,8 @@
 pub mod gemm;
 pub mod im2col;
 pub mod pool;
+pub mod qgemm;
+pub mod quantize;
 
 /// Threads one operation may use; 1 runs on the calling thread only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Result};
 
-use super::{Arena, Conv2d, Dense, Epilogue, FeatureMap};
+use super::{Arena, Conv2d, Dense, Epilogue, FeatureMap, Precision, Scratch};
 use crate::kernels::im2col::Window;
 use crate::kernels::{pool, Threads};
 use crate::models::resnet::{Bottleneck, ConvBn, ResNet};
@@ -22,7 +22,7 @@ struct Workspace {
     reduced: FeatureMap,
     spatial: FeatureMap,
     shortcut: FeatureMap,
-    lowered: Vec<f32>,
+    scratch: Scratch,
     pooled: Vec<f32>,
 }
 
@@ -35,21 +35,25 @@ pub struct ResNetPlan {
     arena: Arena<Workspace>,
 }
 
-fn conv(layer: &ConvBn) -> Result<Conv2d> {
+fn conv(layer: &ConvBn, precision: Precision) -> Result<Conv2d> {
     ensure!(
         layer.bn().is_none(),
         "fold BatchNorm into the convolutions before planning"
     );
-    Conv2d::from_candle(layer.conv())
+    Conv2d::from_candle(layer.conv(), precision)
 }
 
 impl BottleneckPlan {
-    fn new(block: &Bottleneck) -> Result<Self> {
+    /// Every convolution of a block reads a ReLU's output, so all of them can be int8.
+    fn new(block: &Bottleneck, precision: Precision) -> Result<Self> {
         Ok(Self {
-            reduce: conv(block.reduce())?,
-            spatial: conv(block.spatial())?,
-            expand: conv(block.expand())?,
-            downsample: block.downsample().map(conv).transpose()?,
+            reduce: conv(block.reduce(), precision)?,
+            spatial: conv(block.spatial(), precision)?,
+            expand: conv(block.expand(), precision)?,
+            downsample: block
+                .downsample()
+                .map(|layer| conv(layer, precision))
+                .transpose()?,
         })
     }
 
@@ -60,16 +64,16 @@ impl BottleneckPlan {
             reduced,
             spatial,
             shortcut,
-            lowered,
+            scratch,
             ..
         } = ws;
         self.reduce
-            .forward(x, Epilogue::Relu, reduced, lowered, threads);
+            .forward(x, Epilogue::Relu, reduced, scratch, threads);
         self.spatial
-            .forward(reduced, Epilogue::Relu, spatial, lowered, threads);
+            .forward(reduced, Epilogue::Relu, spatial, scratch, threads);
         let shortcut: &[f32] = match &self.downsample {
             Some(downsample) => {
-                downsample.forward(x, Epilogue::Linear, shortcut, lowered, threads);
+                downsample.forward(x, Epilogue::Linear, shortcut, scratch, threads);
                 &shortcut.data
             }
             None => &x.data,
@@ -79,7 +83,7 @@ impl BottleneckPlan {
             spatial,
             Epilogue::AddRelu(shortcut),
             reduced,
-            lowered,
+            scratch,
             threads,
         );
         std::mem::swap(x, reduced);
@@ -87,15 +91,16 @@ impl BottleneckPlan {
 }
 
 impl ResNetPlan {
-    /// Compiles a ResNet whose BatchNorms are folded.
-    pub fn new(model: &ResNet) -> Result<Self> {
+    /// Compiles a ResNet whose BatchNorms are folded. With int8, the stem (whose input
+    /// is signed) and the classifier (1 % of the work) stay f32.
+    pub fn new(model: &ResNet, precision: Precision) -> Result<Self> {
         Ok(Self {
-            stem: conv(model.stem())?,
+            stem: conv(model.stem(), Precision::F32)?,
             blocks: model
                 .stages()
                 .iter()
                 .flatten()
-                .map(BottleneckPlan::new)
+                .map(|block| BottleneckPlan::new(block, precision))
                 .collect::<Result<_>>()?,
             fc: model.fc().map(Dense::from_candle).transpose()?,
             feature_dim: model.config().feature_dim(),
@@ -116,7 +121,7 @@ impl ResNetPlan {
                 &ws.shortcut,
                 Epilogue::Relu,
                 &mut ws.spatial,
-                &mut ws.lowered,
+                &mut ws.scratch,
                 threads,
             );
             let window = Window {
@@ -181,7 +186,7 @@ mod tests {
     fn the_plan_computes_what_the_candle_module_computes() {
         for variant in [Variant::V1, Variant::V1_5] {
             let model = small_resnet(variant);
-            let plan = ResNetPlan::new(&model.fold_batch_norm().unwrap()).unwrap();
+            let plan = ResNetPlan::new(&model.fold_batch_norm().unwrap(), Precision::F32).unwrap();
             let input = Tensor::rand(-2f32, 2.0, (1, 3, 45, 37), &Device::Cpu).unwrap();
             let expected = model
                 .forward_t(&input, false)
@@ -206,7 +211,7 @@ mod tests {
 
     #[test]
     fn an_unfolded_model_is_refused() {
-        let error = ResNetPlan::new(&small_resnet(Variant::V1)).unwrap_err();
+        let error = ResNetPlan::new(&small_resnet(Variant::V1), Precision::F32).unwrap_err();
         assert!(error.to_string().contains("fold BatchNorm"), "{error}");
     }
 }

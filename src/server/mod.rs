@@ -156,7 +156,7 @@ fn load_models(state: &State, specs: &[ModelSpec]) {
     let mut by_name = HashMap::new();
     let mut order = Vec::new();
     for spec in specs {
-        match Classifier::load(spec) {
+        match Classifier::load_with(spec, state.settings.precision) {
             Ok(classifier) => {
                 state
                     .metrics

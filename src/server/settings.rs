@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::plan::Precision;
 use crate::preprocess::DEFAULT_MAX_PIXELS;
 
 /// Default body limit: 16 MiB, far above any photo worth classifying.
@@ -21,6 +22,10 @@ pub const WORKERS_PER_CORE: usize = 2;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
+    /// Weights and arithmetic of every served model: f32, or int8 (quantized at load;
+    /// a quarter of the memory).
+    #[arg(long, env = "precision", value_enum, default_value = "f32")]
+    pub precision: Precision,
     /// Address to listen on.
     #[arg(long, env = "bind", default_value = "0.0.0.0")]
     pub bind: String,

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Side-by-side with the peers on this machine: `classify bench` (f32, int8) against ONNX
+# Runtime (fp32, int8 static QDQ) running our own weights, exported from the safetensors.
+# Interleaved round by round; medians and ratios go to bench/results/peers.md.
+#   bench/peers.sh [ROUNDS] [ITERS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+ITERS=${2:-20}
+SHARED=${EDGE_SHARED:-../shared}
+VENV=bench/.venv
+WORK=bench/.work
+mkdir -p "$WORK" bench/results
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q onnxruntime onnx numpy safetensors pillow sympy
+fi
+cargo build --release --quiet
+[ -f "$WORK/resnet50.onnx" ] ||
+  "$VENV/bin/python" bench/peers/export_onnx.py weights/resnet50.safetensors "$WORK/resnet50.onnx"
+[ -f "$WORK/resnet50-int8.onnx" ] ||
+  "$VENV/bin/python" bench/peers/ort_quantize.py "$WORK/resnet50.onnx" "$WORK/resnet50-int8.onnx" \
+    "$SHARED/data/imagenet-sample"
+
+RAW="$WORK/peers.jsonl"
+: > "$RAW"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  for threads in 1 2; do
+    ./target/release/classify bench --precision f32,int8 --threads "$threads" --iters "$ITERS" \
+      --format json >> "$RAW"
+    "$VENV/bin/python" bench/peers/ort_bench.py "$WORK/resnet50.onnx" --threads "$threads" \
+      --iters "$ITERS" --name "onnxruntime f32" >> "$RAW"
+    "$VENV/bin/python" bench/peers/ort_bench.py "$WORK/resnet50-int8.onnx" --threads "$threads" \
+      --iters "$ITERS" --name "onnxruntime int8" >> "$RAW"
+  done
+done
+"$VENV/bin/python" bench/peers/table.py "$RAW" | tee bench/results/peers.md

@@ -1,0 +1,29 @@
+"""Medians over rounds of each engine's median latency, and ratios to ONNX Runtime."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+runs = defaultdict(list)
+loads = defaultdict(list)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    engine = f"classify {r['precision']}" if "precision" in r else r["model"]
+    runs[(engine, r["threads"])].append(r["median_ms"])
+    loads[engine].append(r["load_s"])
+
+engines = ["classify f32", "onnxruntime f32", "classify int8", "onnxruntime int8"]
+peer = {"classify f32": "onnxruntime f32", "classify int8": "onnxruntime int8"}
+print("| engine | 1 thread (ms) | 2 threads (ms) | vs ONNX Runtime, 1 / 2 threads | load (s) |")
+print("| --- | --- | --- | --- | --- |")
+for engine in engines:
+    cells, ratios = [], []
+    for threads in (1, 2):
+        ms = statistics.median(runs[(engine, threads)]) if runs[(engine, threads)] else None
+        cells.append(f"{ms:.1f}" if ms else "-")
+        if engine in peer and ms and runs[(peer[engine], threads)]:
+            ratios.append(f"{ms / statistics.median(runs[(peer[engine], threads)]):.2f}")
+    load = statistics.median(loads[engine]) if loads[engine] else float("nan")
+    print(f"| {engine} | {cells[0]} | {cells[1]} | {' / '.join(ratios) or '1.00 (peer)'} | {load:.2f} |")
+rounds = len(runs[("classify f32", 1)])
+print(f"\nMedians of {rounds} interleaved rounds (ratio < 1: we are faster).")

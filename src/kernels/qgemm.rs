@@ -1,0 +1,521 @@
+//! int8 matrix products for quantized convolutions: u8 activations (taken after a ReLU,
+//! so zero point 0) times i8 weights (symmetric, one scale per output channel), i32
+//! accumulation, and the dequantizing epilogue `c += acc * scale[col] * row_scale[row]`
+//! (activations are quantized row by row, one scale each) fused into the
+//! store, so bias, shortcut and ReLU stay where the f32 path has them.
+//!
+//! Kernels, chosen once at run time from the CPU's features:
+//! - `reference`: portable loops, every CPU; the oracle of the tests;
+//! - `avx2`: `vpmaddubsw` + `vpmaddwd`; activations are limited to 0..127 so the pairwise
+//!   i16 sums cannot saturate (2 x 127 x 127 < 32767);
+//! - `avx512vnni`: `vpdpbusd`, 64 multiply-adds per instruction, full 0..255.
+//!
+//! `EDGE_CPU_INT8=reference|avx2|avx512vnni` forces one (tests, comparisons); a kernel
+//! the CPU lacks is refused with a warning.
+
+use std::sync::OnceLock;
+
+/// Output columns per packed weight panel.
+pub const PANEL: usize = 32;
+/// Bytes of one packed k-quad of a panel: 32 columns x 4 consecutive k.
+const QUAD_BYTES: usize = PANEL * 4;
+
+/// Weights `K x N`, packed once at load: panels of 32 columns; in each, k in groups of
+/// four, so one 64-byte load feeds 16 columns x 4 k to `vpdpbusd`. Padding is zero.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    k: usize,
+    n: usize,
+    quads: usize,
+    panels: usize,
+    data: Vec<i8>,
+}
+
+impl PackedWeights {
+    /// Packs row-major `K x N` i8 weights.
+    pub fn pack(weights: &[i8], k: usize, n: usize) -> Self {
+        assert_eq!(weights.len(), k * n, "weights are K x N");
+        let (quads, panels) = (k.div_ceil(4), n.div_ceil(PANEL));
+        let mut data = vec![0i8; panels * quads * QUAD_BYTES];
+        for kk in 0..k {
+            for col in 0..n {
+                let (panel, lane) = (col / PANEL, col % PANEL);
+                let at = (panel * quads + kk / 4) * QUAD_BYTES + lane * 4 + kk % 4;
+                data[at] = weights[kk * n + col];
+            }
+        }
+        Self {
+            k,
+            n,
+            quads,
+            panels,
+            data,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The weight at row `kk`, column `col` (for the reference kernel and tests).
+    fn get(&self, kk: usize, col: usize) -> i8 {
+        let (panel, lane) = (col / PANEL, col % PANEL);
+        self.data[(panel * self.quads + kk / 4) * QUAD_BYTES + lane * 4 + kk % 4]
+    }
+
+    fn panel(&self, panel: usize) -> &[i8] {
+        &self.data[panel * self.quads * QUAD_BYTES..(panel + 1) * self.quads * QUAD_BYTES]
+    }
+
+    /// Bytes held (for memory accounting).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// `c (m x n, f32) += (a (m x k, u8, row stride lda) * b) as f32 * scale[col] * row_scale[row]`.
+pub struct QMatMul<'a> {
+    pub m: usize,
+    pub a: &'a [u8],
+    pub lda: usize,
+    pub b: &'a PackedWeights,
+    pub scale: &'a [f32],
+    pub row_scale: &'a [f32],
+}
+
+impl QMatMul<'_> {
+    fn check(&self, c: &[f32]) {
+        let (k, n) = (self.b.k, self.b.n);
+        assert!(self.lda >= k, "lda {} < k {k}", self.lda);
+        if self.m > 0 {
+            assert!(self.a.len() >= (self.m - 1) * self.lda + k, "a too short");
+        }
+        assert_eq!(self.scale.len(), n, "one scale per column");
+        assert!(self.row_scale.len() >= self.m, "one scale per row");
+        assert!(c.len() >= self.m * n, "c too short");
+    }
+}
+
+/// One int8 kernel.
+pub struct Kernel {
+    pub name: &'static str,
+    /// Largest activation value the kernel takes (quantize to 0..=this).
+    pub max_activation: u8,
+    run: fn(&QMatMul, &mut [f32]),
+}
+
+impl Kernel {
+    pub fn accumulate(&self, product: &QMatMul, c: &mut [f32]) {
+        product.check(c);
+        if product.m > 0 && product.b.n > 0 && product.b.k > 0 {
+            (self.run)(product, c);
+        }
+    }
+}
+
+pub static REFERENCE: Kernel = Kernel {
+    name: "reference",
+    max_activation: 255,
+    run: reference,
+};
+
+fn reference(p: &QMatMul, c: &mut [f32]) {
+    let (k, n) = (p.b.k, p.b.n);
+    for row in 0..p.m {
+        let a = &p.a[row * p.lda..row * p.lda + k];
+        for col in 0..n {
+            let acc: i32 = a
+                .iter()
+                .enumerate()
+                .map(|(kk, &x)| x as i32 * p.b.get(kk, col) as i32)
+                .sum();
+            c[row * n + col] += acc as f32 * (p.scale[col] * p.row_scale[row]);
+        }
+    }
+}
+
+/// Every kernel this CPU can run, best last.
+pub fn available() -> Vec<&'static Kernel> {
+    let mut kernels = vec![&REFERENCE];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            kernels.push(&x86::AVX2);
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            kernels.push(&x86::AVX512_VNNI);
+        }
+    }
+    kernels
+}
+
+/// The kernel in use: the best available, or the one `EDGE_CPU_INT8` names.
+pub fn kernel() -> &'static Kernel {
+    static CHOSEN: OnceLock<&'static Kernel> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        let available = available();
+        let best = *available.last().expect("the reference is always available");
+        let chosen = match std::env::var("EDGE_CPU_INT8") {
+            Ok(name) => match available.iter().find(|k| k.name == name) {
+                Some(kernel) => *kernel,
+                None => {
+                    tracing::warn!(requested = %name, using = best.name, "EDGE_CPU_INT8 names a kernel this CPU cannot run");
+                    best
+                }
+            },
+            Err(_) => best,
+        };
+        tracing::info!(kernel = chosen.name, "int8 kernel");
+        chosen
+    })
+}
+
+/// One k-quad of an activation row as an i32 (little-endian bytes), zero-padded past `k`.
+#[inline(always)]
+fn quad_of(row: &[u8], quad: usize) -> i32 {
+    let start = quad * 4;
+    let mut bytes = [0u8; 4];
+    let end = row.len().min(start + 4);
+    bytes[..end - start].copy_from_slice(&row[start..end]);
+    i32::from_le_bytes(bytes)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{quad_of, Kernel, QMatMul, PANEL, QUAD_BYTES};
+
+    pub static AVX2: Kernel = Kernel {
+        name: "avx2",
+        max_activation: 127,
+        run: |p, c| unsafe { run_avx2(p, c) },
+    };
+
+    pub static AVX512_VNNI: Kernel = Kernel {
+        name: "avx512vnni",
+        max_activation: 255,
+        run: |p, c| unsafe { run_vnni(p, c) },
+    };
+
+    /// Row tiles: as many rows as the registers hold, then smaller tiles for the rest.
+    macro_rules! for_row_tiles {
+        ($m:expr, $big:literal, |$row:ident, $tile:ident| $body:expr) => {{
+            let mut $row = 0;
+            while $row + $big <= $m {
+                const $tile: usize = $big;
+                $body;
+                $row += $big;
+            }
+            while $row + 4 <= $m {
+                const $tile: usize = 4;
+                $body;
+                $row += 4;
+            }
+            while $row < $m {
+                const $tile: usize = 1;
+                $body;
+                $row += 1;
+            }
+        }};
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn run_vnni(p: &QMatMul, c: &mut [f32]) {
+        let (k, n) = (p.b.k, p.b.n);
+        for panel in 0..p.b.panels {
+            let b = p.b.panel(panel);
+            let cols = (n - panel * PANEL).min(PANEL);
+            for_row_tiles!(p.m, 12, |row, TILE| vnni_tile::<TILE>(
+                p,
+                row,
+                k,
+                b,
+                &mut c[row * n + panel * PANEL..],
+                n,
+                &p.scale[panel * PANEL..],
+                cols
+            ));
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn vnni_tile<const MR: usize>(
+        p: &QMatMul,
+        row: usize,
+        k: usize,
+        b: &[i8],
+        c: &mut [f32],
+        ldc: usize,
+        scale: &[f32],
+        cols: usize,
+    ) {
+        let rows: [&[u8]; MR] = std::array::from_fn(|r| &p.a[(row + r) * p.lda..][..k]);
+        let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+        let full_quads = k / 4;
+        let bp = b.as_ptr();
+        // Whole quads straight from the rows, then the ragged last quad zero-padded.
+        for q in 0..full_quads {
+            let b0 = _mm512_loadu_si512(bp.add(q * QUAD_BYTES) as *const _);
+            let b1 = _mm512_loadu_si512(bp.add(q * QUAD_BYTES + 64) as *const _);
+            for r in 0..MR {
+                let quad = (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned();
+                let a = _mm512_set1_epi32(quad);
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a, b0);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, b1);
+            }
+        }
+        if !k.is_multiple_of(4) {
+            let q = full_quads;
+            let b0 = _mm512_loadu_si512(bp.add(q * QUAD_BYTES) as *const _);
+            let b1 = _mm512_loadu_si512(bp.add(q * QUAD_BYTES + 64) as *const _);
+            for r in 0..MR {
+                let a = _mm512_set1_epi32(quad_of(rows[r], q));
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a, b0);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, b1);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (half, acc) in acc.iter().enumerate() {
+                let first = half * 16;
+                if first >= cols {
+                    break;
+                }
+                let mask: __mmask16 = if cols - first >= 16 {
+                    0xFFFF
+                } else {
+                    (1 << (cols - first)) - 1
+                };
+                let s = _mm512_mul_ps(
+                    _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(first)),
+                    _mm512_set1_ps(p.row_scale[row + r]),
+                );
+                let out = c.as_mut_ptr().add(r * ldc + first);
+                let old = _mm512_maskz_loadu_ps(mask, out);
+                let new = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*acc), s, old);
+                _mm512_mask_storeu_ps(out, mask, new);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(p: &QMatMul, c: &mut [f32]) {
+        let (k, n) = (p.b.k, p.b.n);
+        for panel in 0..p.b.panels {
+            let b = p.b.panel(panel);
+            for half in 0..2 {
+                let first = panel * PANEL + half * 16;
+                if first >= n {
+                    break;
+                }
+                let cols = (n - first).min(16);
+                for_row_tiles!(p.m, 4, |row, TILE| avx2_tile::<TILE>(
+                    p,
+                    row,
+                    k,
+                    &b[half * 64..],
+                    &mut c[row * n + first..],
+                    n,
+                    &p.scale[first..],
+                    cols
+                ));
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2_tile<const MR: usize>(
+        p: &QMatMul,
+        row: usize,
+        k: usize,
+        b: &[i8],
+        c: &mut [f32],
+        ldc: usize,
+        scale: &[f32],
+        cols: usize,
+    ) {
+        let rows: [&[u8]; MR] = std::array::from_fn(|r| &p.a[(row + r) * p.lda..][..k]);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+        let full_quads = k / 4;
+        let bp = b.as_ptr();
+        let quad_step = |acc: &mut [[__m256i; 2]; MR], q: usize, quads: [i32; MR]| {
+            let b0 = _mm256_loadu_si256(bp.add(q * QUAD_BYTES) as *const __m256i);
+            let b1 = _mm256_loadu_si256(bp.add(q * QUAD_BYTES + 32) as *const __m256i);
+            for r in 0..MR {
+                let a = _mm256_set1_epi32(quads[r]);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b1), ones);
+                acc[r][0] = _mm256_add_epi32(acc[r][0], p0);
+                acc[r][1] = _mm256_add_epi32(acc[r][1], p1);
+            }
+        };
+        for q in 0..full_quads {
+            let quads = std::array::from_fn(|r| {
+                (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
+            });
+            quad_step(&mut acc, q, quads);
+        }
+        if !k.is_multiple_of(4) {
+            quad_step(
+                &mut acc,
+                full_quads,
+                std::array::from_fn(|r| quad_of(rows[r], full_quads)),
+            );
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = &mut c[r * ldc..];
+            if cols == 16 {
+                for (half, acc) in acc.iter().enumerate() {
+                    let s = _mm256_mul_ps(
+                        _mm256_loadu_ps(scale.as_ptr().add(half * 8)),
+                        _mm256_set1_ps(p.row_scale[row + r]),
+                    );
+                    let o = out.as_mut_ptr().add(half * 8);
+                    let new = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*acc), s, _mm256_loadu_ps(o));
+                    _mm256_storeu_ps(o, new);
+                }
+            } else {
+                let mut lanes = [0i32; 16];
+                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc[0]);
+                _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut __m256i, acc[1]);
+                for col in 0..cols {
+                    let s = scale[col] * p.row_scale[row + r];
+                    out[col] = (lanes[col] as f32).mul_add(s, out[col]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::tests::Lcg;
+
+    fn random_case(
+        rng: &mut Lcg,
+        m: usize,
+        n: usize,
+        k: usize,
+        max_activation: u8,
+    ) -> (Vec<u8>, usize, PackedWeights) {
+        let lda = k + rng.below(5);
+        let a = (0..m * lda)
+            .map(|_| (rng.next_u32() % (max_activation as u32 + 1)) as u8)
+            .collect();
+        let w: Vec<i8> = (0..k * n)
+            .map(|_| (rng.next_u32() % 255) as i32 as i8)
+            .map(|x| x.max(-127))
+            .collect();
+        (a, lda, PackedWeights::pack(&w, k, n))
+    }
+
+    /// Every kernel against the reference: exact i32 sums (scale 1, sums below 2^24), on
+    /// ragged shapes around the tile sizes, K not a multiple of four included.
+    #[test]
+    fn every_kernel_matches_the_reference_exactly() {
+        for kernel in available() {
+            let mut rng = Lcg(99);
+            for case in 0..300 {
+                let (m, n, k) = (
+                    1 + rng.below(3 * 12),
+                    1 + rng.below(3 * PANEL),
+                    rng.below(41),
+                );
+                let (a, lda, b) = random_case(&mut rng, m, n, k, kernel.max_activation);
+                let scale = vec![1.0; n];
+                let row_scale = vec![1.0; m];
+                let product = QMatMul {
+                    m,
+                    a: &a,
+                    lda,
+                    b: &b,
+                    scale: &scale,
+                    row_scale: &row_scale,
+                };
+                let mut ours = vec![0.0; m * n];
+                kernel.accumulate(&product, &mut ours);
+                let mut expected = vec![0.0; m * n];
+                REFERENCE.accumulate(&product, &mut expected);
+                assert_eq!(
+                    ours, expected,
+                    "{} case {case}: m={m} n={n} k={k}",
+                    kernel.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_scales_and_accumulates_on_resnet_shapes() {
+        for kernel in available() {
+            let mut rng = Lcg(5);
+            for (m, n, k) in [(49, 512, 4608), (196, 256, 1024), (13, 2048, 512)] {
+                let (a, lda, b) = random_case(&mut rng, m, n, k, kernel.max_activation);
+                let scale: Vec<f32> = (0..n).map(|_| rng.next_f32().abs() * 1e-3).collect();
+                let row_scale: Vec<f32> = (0..m).map(|_| rng.next_f32().abs() * 1e-2).collect();
+                let init = rng.vec(m * n);
+                let product = QMatMul {
+                    m,
+                    a: &a,
+                    lda,
+                    b: &b,
+                    scale: &scale,
+                    row_scale: &row_scale,
+                };
+                let (mut ours, mut expected) = (init.clone(), init);
+                kernel.accumulate(&product, &mut ours);
+                REFERENCE.accumulate(&product, &mut expected);
+                for (x, y) in ours.iter().zip(&expected) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{}: {x} vs {y}",
+                        kernel.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_values_do_not_saturate() {
+        for kernel in available() {
+            let k = 64;
+            let a = vec![kernel.max_activation; k];
+            for w in [127i8, -127] {
+                let b = PackedWeights::pack(&vec![w; k], k, 1);
+                let mut c = [0.0];
+                kernel.accumulate(
+                    &QMatMul {
+                        m: 1,
+                        a: &a,
+                        lda: k,
+                        b: &b,
+                        scale: &[1.0],
+                        row_scale: &[1.0],
+                    },
+                    &mut c,
+                );
+                assert_eq!(
+                    c[0],
+                    (kernel.max_activation as i32 * w as i32 * k as i32) as f32,
+                    "{}",
+                    kernel.name
+                );
+            }
+        }
+    }
+}
