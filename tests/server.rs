@@ -463,6 +463,19 @@ fn bad_settings_and_a_taken_port_are_refused_at_start() {
         ("port", "99999"),
         ("exec_timeout", "-1s"),
         ("max_body_bytes", "0"),
+        ("workers", "0"),
+        ("workers", "100000"),
+        ("max_batch", "0"),
+        ("max_batch", "1000"),
+        ("queue", "0"),
+        ("max_connections", "0"),
+        ("max_pixels", "0"),
+        ("read_timeout", "100000h"),
+        ("write_timeout", "NaN"),
+        ("exec_timeout", "1e400"),
+        ("max_inflight", "99999999999999999999999"),
+        ("port", "-1"),
+        ("precision", "int4"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_classify"))
             .arg("serve")
@@ -475,6 +488,7 @@ fn bad_settings_and_a_taken_port_are_refused_at_start() {
             stderr.contains(value) || stderr.contains(key),
             "{key}={value}: {stderr}"
         );
+        assert!(!stderr.contains("panicked"), "{key}={value}: {stderr}");
     }
 }
 

@@ -48,6 +48,24 @@ impl Window {
         }
     }
 
+    /// Rows `first_row..first_row + rows` of the lowered matrix: the input itself when the
+    /// window is the identity, else lowered into `scratch`.
+    pub fn lowered_band<'a, T: Copy + Default>(
+        &self,
+        input: &'a [T],
+        first_row: usize,
+        rows: usize,
+        scratch: &'a mut [T],
+    ) -> &'a [T] {
+        let patch = self.patch_len();
+        if self.is_identity() {
+            &input[first_row * patch..(first_row + rows) * patch]
+        } else {
+            self.lower_rows(input, first_row, scratch);
+            scratch
+        }
+    }
+
     fn lower_pixel<T: Copy + Default>(
         &self,
         input: &[T],
