@@ -14,10 +14,11 @@ use crate::preprocess::DEFAULT_MAX_PIXELS;
 /// Default body limit: 16 MiB, far above any photo worth classifying.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Default inference workers per core. One candle forward leaves the cores partly idle
-/// (single-threaded copies between its multi-threaded GEMMs): on 2 cores, one caller got
-/// 1.7-2.0 images/s and eight concurrent callers 3.0-3.2 (`classify bench
-/// --concurrency`), so two overlapping forwards per core serve more. Override: `workers`.
+/// Default inference workers per core. Measured with candle's own convolution, which left
+/// the cores partly idle (single-threaded copies between its multi-threaded GEMMs): on 2
+/// cores, one caller got 1.7-2.0 images/s and eight concurrent callers 3.0-3.2 (`classify
+/// bench --concurrency`). The inference plan splits each forward into bands over every
+/// core, so this is to be measured again (`bench/http_throughput.sh`). Override: `workers`.
 pub const WORKERS_PER_CORE: usize = 2;
 
 #[derive(Debug, Clone, Args)]
