@@ -223,16 +223,8 @@ impl Conv2d {
                         pool::relu(out);
                     }
                 };
-                let lowered = &mut scratch.lowered;
-                lowered.resize(
-                    if window.is_identity() {
-                        0
-                    } else {
-                        rows * patch
-                    },
-                    0.0,
-                );
-                run_bands(&mut output.data, lowered, rows_per_band, n, patch, band);
+                let lowered = lowered_bands(&mut scratch.lowered, &window, rows_per_band);
+                run_bands(&mut output.data, rows_per_band, n, lowered, band);
             }
             ConvWeights::Int8 { packed, scales } => {
                 // Dynamic per-row quantization: each lowered row (one output pixel's
@@ -271,46 +263,16 @@ impl Conv2d {
                     lowered,
                     lowered_quantized,
                     row_scales,
-                    ..
                 } = scratch;
-                lowered.resize(
-                    if window.is_identity() {
-                        0
-                    } else {
-                        rows * patch
-                    },
-                    0.0,
-                );
                 lowered_quantized.resize(rows * patch, 0);
                 row_scales.resize(rows, 0.0);
-                let lowered_bands: Vec<&mut [f32]> = if lowered.is_empty() {
-                    output
-                        .data
-                        .chunks(rows_per_band * n)
-                        .map(|_| Default::default())
-                        .collect()
-                } else {
-                    lowered.chunks_mut(rows_per_band * patch).collect()
-                };
-                let work: Vec<(usize, &mut [f32], Int8BandBuffers)> = output
-                    .data
-                    .chunks_mut(rows_per_band * n)
-                    .zip(lowered_bands)
+                let buffers: Vec<Int8BandBuffers> = lowered_bands(lowered, &window, rows_per_band)
+                    .into_iter()
                     .zip(lowered_quantized.chunks_mut(rows_per_band * patch))
                     .zip(row_scales.chunks_mut(rows_per_band))
-                    .enumerate()
-                    .map(|(i, (((out, lowered), quantized), row_scales))| {
-                        (i, out, (lowered, quantized, row_scales))
-                    })
+                    .map(|((lowered, quantized), row_scales)| (lowered, quantized, row_scales))
                     .collect();
-                let run = |(i, out, buffers): (usize, &mut [f32], Int8BandBuffers)| {
-                    band(i * rows_per_band, out, buffers)
-                };
-                if work.len() == 1 {
-                    work.into_iter().for_each(run);
-                } else {
-                    work.into_par_iter().for_each(run);
-                }
+                run_bands(&mut output.data, rows_per_band, n, buffers, band);
             }
         }
     }
@@ -320,29 +282,45 @@ impl Conv2d {
 /// copy and one scale per row.
 type Int8BandBuffers<'a> = (&'a mut [f32], &'a mut [u8], &'a mut [f32]);
 
-/// Runs `band(first_row, output rows, lowered rows)` over bands of `rows_per_band`
-/// output pixels, in parallel when there is more than one. `lowered` is empty when the
-/// convolution needs no lowering.
-fn run_bands<T: Send>(
-    output: &mut [f32],
-    lowered: &mut [T],
+/// One band's share of the lowered matrix for every band of `rows_per_band` output
+/// pixels, or an empty slice per band when the window needs no lowering.
+fn lowered_bands<'a>(
+    lowered: &'a mut Vec<f32>,
+    window: &Window,
     rows_per_band: usize,
-    out_row_len: usize,
-    lowered_row_len: usize,
-    band: impl Fn(usize, &mut [f32], &mut [T]) + Sync,
+) -> Vec<&'a mut [f32]> {
+    let bands = window.rows().div_ceil(rows_per_band);
+    if window.is_identity() {
+        return (0..bands).map(|_| Default::default()).collect();
+    }
+    lowered.resize(window.rows() * window.patch_len(), 0.0);
+    lowered
+        .chunks_mut(rows_per_band * window.patch_len())
+        .collect()
+}
+
+/// Runs `band(first_output_row, output rows, scratch)` over bands of `rows_per_band`
+/// output rows of `row_len` values (one scratch per band), in parallel when there is more
+/// than one.
+fn run_bands<S: Send>(
+    output: &mut [f32],
+    rows_per_band: usize,
+    row_len: usize,
+    scratch: Vec<S>,
+    band: impl Fn(usize, &mut [f32], S) + Sync,
 ) {
-    let out_bands = output.chunks_mut(rows_per_band * out_row_len);
-    let lowered_bands: Vec<&mut [T]> = if lowered.is_empty() {
-        (0..out_bands.len()).map(|_| Default::default()).collect()
-    } else {
-        lowered
-            .chunks_mut(rows_per_band * lowered_row_len)
-            .collect()
-    };
-    let work: Vec<_> = out_bands.zip(lowered_bands).enumerate().collect();
-    let run = |(i, (out, lowered)): (usize, (&mut [f32], &mut [T]))| {
-        band(i * rows_per_band, out, lowered)
-    };
+    let band_len = rows_per_band * row_len;
+    assert_eq!(
+        scratch.len(),
+        output.len().div_ceil(band_len),
+        "one scratch per band"
+    );
+    let work: Vec<_> = output
+        .chunks_mut(band_len)
+        .zip(scratch)
+        .enumerate()
+        .collect();
+    let run = |(i, (out, scratch)): (usize, (&mut [f32], S))| band(i * rows_per_band, out, scratch);
     if work.len() == 1 {
         work.into_iter().for_each(run);
     } else {
