@@ -54,6 +54,14 @@ struct State {
 /// Loads the models, then serves until SIGTERM or SIGINT; returns once in-flight
 /// requests are answered (or `write_timeout` has passed).
 pub fn serve(manifest: &Manifest, settings: ServeSettings) -> Result<()> {
+    // Before anything is announced: a signal right after "listening" must stop us cleanly,
+    // not kill us with the default action.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+
     let specs: Vec<ModelSpec> = selected_models(manifest, &settings.models)?
         .into_iter()
         .cloned()
@@ -73,12 +81,6 @@ pub fn serve(manifest: &Manifest, settings: ServeSettings) -> Result<()> {
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| anyhow::anyhow!("cannot start the HTTP server on {address}: {e}"))?;
     eprintln!("classify: listening on http://{address}");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install signal handlers")?;
-    }
 
     let state = Arc::new(State {
         settings,
