@@ -1,16 +1,19 @@
 //! A loaded model ready to answer: network, labels and input specification, built once
 //! from a manifest entry and shared read-only by every request.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Tensor, D};
+use candle_core::{Module, Tensor, D};
 
 use crate::kernels::Threads;
 use crate::labels::Labels;
-use crate::manifest::{Architecture, ModelSpec};
+use crate::manifest::{Architecture, Backbone, ModelSpec};
 use crate::models::resnet::{self, ResNet};
+use crate::models::small_cnn::SmallCnn;
 use crate::plan::{self, resnet::ResNetPlan, Precision};
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
@@ -19,8 +22,63 @@ use crate::weights::CheckedWeights;
 /// The network behind a model, compiled for inference.
 #[derive(Debug)]
 enum Network {
-    ResNet(ResNetPlan),
+    ResNet(Arc<ResNetPlan>),
+    SmallCnn(SmallCnn),
+    /// A logistic head on a shared backbone's pooled features.
+    Head {
+        backbone: Arc<ResNetPlan>,
+        kernel: Vec<f32>,
+        bias: f32,
+    },
 }
+
+/// ResNets already compiled, by weights hash, classes and precision: a head and the
+/// ResNet-50 it sits on share one copy.
+type ResNetKey = (String, usize, Precision);
+static RESNETS: Mutex<Vec<(ResNetKey, Weak<ResNetPlan>)>> = Mutex::new(Vec::new());
+
+/// The compiled ResNet-50 of a weights file, shared with every model that loaded it
+/// before and still holds it.
+fn shared_resnet(
+    weights_path: &Path,
+    sha256: &str,
+    variant: resnet::Variant,
+    classes: usize,
+    precision: Precision,
+) -> Result<Arc<ResNetPlan>> {
+    let key = (sha256.to_string(), classes, precision);
+    let mut cache = RESNETS.lock().expect("no panics under the lock");
+    cache.retain(|(_, plan)| plan.strong_count() > 0);
+    if let Some(plan) = cache
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, p)| p.upgrade())
+    {
+        return Ok(plan);
+    }
+    let weights = CheckedWeights::load(weights_path, sha256)?;
+    let config = resnet::Config::resnet50(variant, Some(classes));
+    let network = weights.build(|vb| ResNet::new(&config, vb))?;
+    let plan = Arc::new(ResNetPlan::new(&network.fold_batch_norm()?, precision)?);
+    cache.push((key, Arc::downgrade(&plan)));
+    Ok(plan)
+}
+
+/// The ResNet-50 a transfer head sits on (its ImageNet classifier is loaded, since every
+/// tensor of the file must be used, and skipped by [`ResNetPlan::features`]).
+pub fn load_backbone(backbone: &Backbone, precision: Precision) -> Result<Arc<ResNetPlan>> {
+    shared_resnet(
+        &backbone.weights,
+        &backbone.sha256,
+        backbone.variant,
+        IMAGENET_CLASSES,
+        precision,
+    )
+    .with_context(|| format!("cannot load the backbone {:?}", backbone.name))
+}
+
+/// The outputs of the ResNet-50 every backbone was trained with.
+const IMAGENET_CLASSES: usize = 1000;
 
 /// Per-request choices.
 #[derive(Debug, Clone, Copy)]
@@ -77,12 +135,39 @@ impl Classifier {
         let started = Instant::now();
         let load = || -> Result<Self> {
             let labels = Labels::load(&spec.labels)?;
-            let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
             let network = match spec.architecture {
-                Architecture::Resnet50 => {
-                    let config = resnet::Config::resnet50(spec.variant, Some(labels.len()));
-                    let network = weights.build(|vb| ResNet::new(&config, vb))?;
-                    Network::ResNet(ResNetPlan::new(&network.fold_batch_norm()?, precision)?)
+                Architecture::Resnet50 => Network::ResNet(shared_resnet(
+                    &spec.weights,
+                    &spec.sha256,
+                    spec.variant,
+                    labels.len(),
+                    precision,
+                )?),
+                Architecture::SmallCnn => {
+                    check_binary(&labels)?;
+                    let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
+                    Network::SmallCnn(
+                        weights.build(|vb| SmallCnn::with_input(spec.input.size as usize, vb))?,
+                    )
+                }
+                Architecture::Resnet50Head => {
+                    check_binary(&labels)?;
+                    let backbone = spec
+                        .backbone
+                        .as_ref()
+                        .context("a resnet50-head model without a backbone")?;
+                    let backbone = load_backbone(backbone, precision)?;
+                    let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
+                    let head = weights
+                        .build(|vb| candle_nn::linear(backbone.feature_dim(), 1, vb.pp("head")))?;
+                    Network::Head {
+                        kernel: head.weight().flatten_all()?.to_vec1()?,
+                        bias: head
+                            .bias()
+                            .context("a head with a bias")?
+                            .to_vec1::<f32>()?[0],
+                        backbone,
+                    }
                 }
             };
             Ok(Self {
@@ -130,6 +215,8 @@ impl Classifier {
     pub fn release_memory(&self) {
         match &self.network {
             Network::ResNet(net) => net.release_memory(),
+            Network::Head { backbone, .. } => backbone.release_memory(),
+            Network::SmallCnn(_) => {}
         }
     }
 
@@ -148,6 +235,9 @@ impl Classifier {
                 self.spec.name
             ),
         }
+        if let Network::SmallCnn(network) = &self.network {
+            return binary_logits(&network.forward(batch)?);
+        }
         let threads = self.threads();
         let (_, height, width, images) = plan::images_chw(batch)?;
         let mut logits = Vec::with_capacity(images.len());
@@ -155,6 +245,16 @@ impl Classifier {
         for image in &images {
             let row = match &self.network {
                 Network::ResNet(net) => net.forward(image, height, width, threads),
+                Network::Head {
+                    backbone,
+                    kernel,
+                    bias,
+                } => {
+                    let features = backbone.features(image, height, width, threads);
+                    let logit: f32 = features.iter().zip(kernel).map(|(f, k)| f * k).sum();
+                    vec![0.0, logit + bias]
+                }
+                Network::SmallCnn(_) => unreachable!("handled above"),
             };
             outputs = row.len();
             logits.extend(row);
@@ -195,6 +295,25 @@ impl Classifier {
         let rows = self.probability_rows(std::slice::from_ref(input))?;
         Ok(top_k(&rows[0], &self.labels, top))
     }
+}
+
+/// A binary model's one logit `z` per image as the two-class logits `[0, z]`, whose
+/// softmax is `[1 - sigmoid(z), sigmoid(z)]`.
+fn binary_logits(logit: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::cat(&[&logit.zeros_like()?, logit], 0)?
+        .reshape((2, logit.elem_count()))?
+        .t()?
+        .contiguous()?)
+}
+
+fn check_binary(labels: &Labels) -> Result<()> {
+    if labels.len() != 2 {
+        bail!(
+            "a binary model needs two labels (class 0, class 1), got {}",
+            labels.len()
+        );
+    }
+    Ok(())
 }
 
 fn default_threads() -> usize {

@@ -7,6 +7,7 @@
 //! - [`classifier`] ties one model's network, labels and input together;
 //! - [`predictions`] formats answers;
 //! - [`server`] is the OpenFaaS-compatible HTTP function;
+//! - [`train`] trains the dogs-vs-cats models and [`eval`] scores any model on folders;
 //! - [`bench`] is the on-device benchmark;
 //! - [`cli`] is the `classify` command line;
 //! - [`fuzz_targets`] drives every parser of outside input for the fuzzers.
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod classifier;
 pub mod cli;
+pub mod eval;
 pub mod fuzz_targets;
 pub mod kernels;
 pub mod labels;
@@ -24,4 +26,5 @@ pub mod plan;
 pub mod predictions;
 pub mod preprocess;
 pub mod server;
+pub mod train;
 pub mod weights;

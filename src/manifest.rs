@@ -41,7 +41,32 @@ pub fn default_manifest_path() -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
+    /// ResNet-50 with its classifier (needs `variant`).
     Resnet50,
+    /// The original project's small dogs-vs-cats CNN ([`crate::models::small_cnn`]).
+    SmallCnn,
+    /// A trained head on the pooled features of a frozen ResNet-50 that the manifest
+    /// lists as this model's `backbone`.
+    Resnet50Head,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Resnet50 => "resnet50",
+            Self::SmallCnn => "small-cnn",
+            Self::Resnet50Head => "resnet50-head",
+        }
+    }
+}
+
+/// The frozen network a transfer model's head sits on: another model of the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backbone {
+    pub name: String,
+    pub variant: Variant,
+    pub weights: PathBuf,
+    pub sha256: String,
 }
 
 /// One model as the manifest describes it, with paths made absolute.
@@ -50,7 +75,10 @@ pub struct ModelSpec {
     pub name: String,
     pub description: String,
     pub architecture: Architecture,
+    /// The ResNet variant (ResNet-50 models and heads: their backbone's).
     pub variant: Variant,
+    /// For `resnet50-head` models.
+    pub backbone: Option<Backbone>,
     pub weights: PathBuf,
     pub sha256: String,
     pub labels: PathBuf,
@@ -79,7 +107,8 @@ struct RawModel {
     #[serde(default)]
     description: String,
     architecture: Architecture,
-    variant: Variant,
+    variant: Option<Variant>,
+    backbone: Option<String>,
     weights: PathBuf,
     sha256: String,
     labels: PathBuf,
@@ -130,10 +159,40 @@ impl Manifest {
         if models.is_empty() {
             bail!("the model manifest {} lists no model", path.display());
         }
+        Self::resolve_backbones(&mut models)
+            .with_context(|| format!("in the model manifest {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             models,
         })
+    }
+
+    /// Points every head at its backbone's weights; the backbone must be a `resnet50`.
+    fn resolve_backbones(models: &mut [ModelSpec]) -> Result<()> {
+        let resnets: Vec<Backbone> = models
+            .iter()
+            .filter(|m| m.architecture == Architecture::Resnet50)
+            .map(|m| Backbone {
+                name: m.name.clone(),
+                variant: m.variant,
+                weights: m.weights.clone(),
+                sha256: m.sha256.clone(),
+            })
+            .collect();
+        for model in models.iter_mut() {
+            if let Some(backbone) = &mut model.backbone {
+                let Some(found) = resnets.iter().find(|r| r.name == backbone.name) else {
+                    bail!(
+                        "model {:?}: its backbone {:?} is not a resnet50 model of this manifest",
+                        model.name,
+                        backbone.name
+                    );
+                };
+                *backbone = found.clone();
+                model.variant = found.variant;
+            }
+        }
+        Ok(())
     }
 
     /// The model of that name, or an error listing the known names.
@@ -190,10 +249,34 @@ impl RawModel {
         if !positive(input.pixel_range) || !input.std_rgb.into_iter().all(positive) {
             bail!("{}: pixel_range and std_rgb must be positive", context());
         }
+        let variant = match (self.architecture, self.variant) {
+            (Architecture::Resnet50, Some(variant)) => variant,
+            (Architecture::Resnet50, None) => bail!("{}: a resnet50 needs a variant", context()),
+            (_, None) => Variant::V1,
+            (_, Some(_)) => bail!("{}: only resnet50 models take a variant", context()),
+        };
+        let backbone = match (self.architecture, self.backbone) {
+            // Resolved against the other models once all are read.
+            (Architecture::Resnet50Head, Some(name)) => Some(Backbone {
+                name,
+                variant,
+                weights: PathBuf::new(),
+                sha256: String::new(),
+            }),
+            (Architecture::Resnet50Head, None) => {
+                bail!(
+                    "{}: a resnet50-head needs a backbone (a resnet50 model's name)",
+                    context()
+                )
+            }
+            (_, None) => None,
+            (_, Some(_)) => bail!("{}: only resnet50-head models take a backbone", context()),
+        };
         Ok(ModelSpec {
             description: self.description,
             architecture: self.architecture,
-            variant: self.variant,
+            variant,
+            backbone,
             weights: folder.join(self.weights),
             sha256: self.sha256.to_ascii_lowercase(),
             labels: folder.join(self.labels),
@@ -276,6 +359,53 @@ std_rgb = [0.229, 0.224, 0.225]
     }
 
     #[test]
+    fn heads_resolve_their_backbone_among_the_resnets() {
+        let head = r#"
+[[model]]
+name = "head"
+architecture = "resnet50-head"
+backbone = "tiny"
+weights = "head.safetensors"
+sha256 = "3ec2186643ce057332786ef91e8864dd474ee6757c9df16f4f36b69415730655"
+labels = "two.tsv"
+source = "test"
+licence = "MIT"
+[model.input]
+size = 32
+resize = "squash-bilinear"
+channel_order = "rgb"
+pixel_range = 1.0
+mean_rgb = [0.0, 0.0, 0.0]
+std_rgb = [1.0, 1.0, 1.0]
+"#;
+        let manifest =
+            Manifest::parse(&format!("{MINIMAL}{head}"), Path::new("/m/models.toml")).unwrap();
+        let backbone = manifest.model("head").unwrap().backbone.clone().unwrap();
+        assert_eq!(backbone.weights, Path::new("/m/tiny.safetensors"));
+        assert_eq!(backbone.variant, Variant::V1_5);
+        for (from, to, expect) in [
+            (
+                "backbone = \"tiny\"",
+                "backbone = \"nope\"",
+                "not a resnet50",
+            ),
+            ("backbone = \"tiny\"\n", "", "needs a backbone"),
+            (
+                "backbone = \"tiny\"",
+                "variant = \"v1\"\nbackbone = \"tiny\"",
+                "only resnet50",
+            ),
+        ] {
+            let text = format!("{MINIMAL}{}", head.replace(from, to));
+            let error = format!(
+                "{:#}",
+                Manifest::parse(&text, Path::new("m.toml")).unwrap_err()
+            );
+            assert!(error.contains(expect), "{expect}: {error}");
+        }
+    }
+
+    #[test]
     fn the_committed_manifest_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("weights")
@@ -283,5 +413,8 @@ std_rgb = [0.229, 0.224, 0.225]
         let manifest = Manifest::load(&path).unwrap();
         assert_eq!(manifest.default_model().name, "resnet50");
         assert_eq!(manifest.default_model().variant, Variant::V1);
+        let head = manifest.model("catsdogs").unwrap();
+        assert_eq!(head.backbone.as_ref().unwrap().name, "resnet50");
+        assert_eq!(manifest.model("catsdogs-cnn").unwrap().input.size, 150);
     }
 }

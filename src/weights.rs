@@ -15,6 +15,12 @@ use sha2::{Digest, Sha256};
 /// Bookkeeping tensors that training frameworks save but inference never reads.
 const IGNORED_SUFFIXES: [&str; 1] = ["num_batches_tracked"];
 
+/// The sha256 of a file, in hex (what the manifest states for a weights file).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
 /// Reads a whole weights file and checks its sha256 against the manifest's.
 pub fn read_verified(path: &Path, expected_sha256: &str) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path)

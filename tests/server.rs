@@ -125,6 +125,32 @@ fn classifies_raw_multipart_and_text_answers() {
     assert_eq!(multipart.json()["predictions"][0]["label"], "ox");
 }
 
+/// The dogs-vs-cats models answer beside ResNet-50, sharing its backbone.
+#[test]
+fn serves_the_dogs_vs_cats_models_by_name() {
+    let server = Server::ready(&[], &[]);
+    let folder = crate::util::catsdogs().join("val").join("dog");
+    let mut dogs: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dogs.sort();
+    let dog = std::fs::read(&dogs[0]).unwrap();
+    for model in ["catsdogs", "catsdogs-cnn"] {
+        let answer = server.post(&format!("/{model}"), &dog);
+        assert_eq!(answer.status, 200, "{model}: {}", answer.body);
+        let body = answer.json();
+        assert_eq!(body["model"], model);
+        let labels: Vec<&str> = body["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(labels, ["dog", "cat"], "{model}");
+    }
+}
+
 #[test]
 fn every_bad_request_gets_its_status_and_a_json_error() {
     let server = Server::ready(&[], &[]);

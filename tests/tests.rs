@@ -6,6 +6,7 @@ mod util;
 
 mod accuracy;
 mod browser;
+mod catsdogs;
 mod cli;
 mod faults;
 mod fuzz_corpus;

@@ -33,7 +33,7 @@ pub fn manifest() -> Manifest {
 }
 
 /// Writes `dir/models.toml`: the committed manifest with the resnet50 weights at
-/// `weights` (promising `sha256`) and the committed labels; returns its path.
+/// `weights` (promising `sha256`) and every other file the committed one; returns its path.
 pub fn manifest_with_weights(dir: &Path, weights: &Path, sha256: &str) -> PathBuf {
     let committed = std::fs::read_to_string(root().join("weights/models.toml")).unwrap();
     let text = committed
@@ -48,7 +48,11 @@ pub fn manifest_with_weights(dir: &Path, weights: &Path, sha256: &str) -> PathBu
                 root().join("weights/imagenet-labels.tsv").to_str().unwrap()
             ),
         )
-        .replace(COMMITTED_SHA256, sha256);
+        .replace(COMMITTED_SHA256, sha256)
+        .replace(
+            "\"catsdogs-",
+            &format!("\"{}/weights/catsdogs-", root().to_str().unwrap()),
+        );
     let path = dir.join("models.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -94,4 +98,9 @@ pub fn stdout_of(output: &Output) -> String {
 
 pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The Dogs vs. Cats photos (`train/` and `val/`, each with `cat/` and `dog/`).
+pub fn catsdogs() -> PathBuf {
+    shared().join("data").join("catsdogs")
 }

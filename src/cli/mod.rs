@@ -3,7 +3,9 @@
 //! 2 a usage or start-up error (bad arguments, a model that does not load).
 
 mod bench;
+mod eval;
 mod predict;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,10 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Measure load time, latency, throughput and memory on this machine.
     Bench(bench::BenchArgs),
+    /// Train a dogs-vs-cats model (the small CNN or the ResNet-50 transfer head).
+    Train(train::TrainArgs),
+    /// Score a model on labelled folders: accuracy, per-class precision/recall, confusion.
+    Eval(eval::EvalArgs),
 }
 
 /// Exit code for inputs that could not all be classified.
@@ -45,13 +51,19 @@ pub const EXIT_ERROR: u8 = 2;
 /// Parses the process arguments, runs the command and reports any error.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    crate::memory::configure_allocator();
-    // The function logs every request; one-shot commands only warnings.
-    init_logging(if matches!(args.command, Command::Serve(_)) {
-        "info"
+    if matches!(args.command, Command::Train(_)) {
+        crate::memory::configure_allocator_for_training();
     } else {
-        "warn"
-    });
+        crate::memory::configure_allocator();
+    }
+    // The function logs every request; one-shot commands only warnings.
+    init_logging(
+        if matches!(args.command, Command::Serve(_) | Command::Train(_)) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     match run(args) {
         Ok(code) => code,
         Err(error) => {
@@ -71,6 +83,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Predict(predict) => predict::run(&manifest, predict),
         Command::Bench(bench) => bench::run(&manifest, bench),
+        Command::Train(train) => train::run(&manifest, train),
+        Command::Eval(eval) => eval::run(&manifest, eval),
     }
 }
 

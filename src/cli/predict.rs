@@ -29,10 +29,10 @@ pub struct PredictArgs {
     /// Model name from the manifest (default: its first model).
     #[arg(long)]
     model: Option<String>,
-    /// How many predictions to print per image (1..=20).
     /// Weights and arithmetic: f32, or int8 (quantized at load).
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
+    /// How many predictions to print per image (1..=20).
     #[arg(long, default_value_t = DEFAULT_TOP)]
     top: usize,
     /// Spatial transform (default: the model's, centre-crop for ResNet-50).

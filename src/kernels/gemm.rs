@@ -15,6 +15,107 @@ pub struct MatMul<'a> {
     pub b: &'a [f32],
 }
 
+/// A matrix seen through strides, so a transpose is a view, not a copy.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    fn at(&self, row: usize, col: usize) -> f32 {
+        self.data[row * self.row_stride + col * self.col_stride]
+    }
+
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+            assert!(last < self.data.len(), "view reaches past its data");
+        }
+    }
+}
+
+/// `c = a * b` (or `c += a * b` when `accumulate`), `c` row-major `a.rows x b.cols`.
+pub fn product(a: View, b: View, c: &mut [f32], accumulate: bool, threads: Threads) {
+    a.check();
+    b.check();
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    assert!(c.len() >= m * n, "c too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = match threads.get() {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    };
+    // SAFETY: `check` proved every index the strides reach lies inside the slices,
+    // and `c` is borrowed mutably so nothing else reads it meanwhile.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The portable reference of [`product`].
+pub fn product_reference(a: View, b: View, c: &mut [f32], accumulate: bool) {
+    for row in 0..a.rows {
+        for col in 0..b.cols {
+            let sum: f32 = (0..a.cols).map(|i| a.at(row, i) * b.at(i, col)).sum();
+            let out = &mut c[row * b.cols + col];
+            *out = if accumulate { *out + sum } else { sum };
+        }
+    }
+}
+
 impl MatMul<'_> {
     fn check(&self, c: &[f32]) {
         assert!(self.lda >= self.k, "lda {} < k {}", self.lda, self.k);
@@ -31,38 +132,14 @@ impl MatMul<'_> {
     /// `c += a * b` through the `gemm` crate (run-time selected SIMD microkernels).
     pub fn accumulate(&self, c: &mut [f32], threads: Threads) {
         self.check(c);
-        if self.m == 0 || self.n == 0 || self.k == 0 {
-            return;
-        }
-        let parallelism = match threads.get() {
-            1 => gemm::Parallelism::None,
-            n => gemm::Parallelism::Rayon(n),
+        let a = View {
+            data: self.a,
+            rows: self.m,
+            cols: self.k,
+            row_stride: self.lda,
+            col_stride: 1,
         };
-        // SAFETY: `check` proved every index the strides reach lies inside the slices,
-        // and `c` is borrowed mutably so nothing else reads it meanwhile.
-        unsafe {
-            gemm::gemm(
-                self.m,
-                self.n,
-                self.k,
-                c.as_mut_ptr(),
-                1,
-                self.n as isize,
-                true,
-                self.a.as_ptr(),
-                1,
-                self.lda as isize,
-                self.b.as_ptr(),
-                1,
-                self.n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        product(a, View::row_major(self.b, self.k, self.n), c, true, threads);
     }
 
     /// The portable reference: a plain triple loop.
@@ -167,5 +244,42 @@ pub(crate) mod tests {
         };
         product.accumulate(&mut c, Threads::ONE);
         assert_eq!(c, vec![3.0; 6]);
+    }
+
+    /// Transposed views (the gradients of a product) and overwrite vs accumulate.
+    #[test]
+    fn strided_products_match_the_reference() {
+        let mut rng = Lcg(21);
+        for (m, n, k) in [(1, 1, 1), (7, 5, 300), (64, 33, 17), (129, 3, 40)] {
+            for (transpose_a, transpose_b, accumulate) in [
+                (false, false, false),
+                (true, false, true),
+                (false, true, false),
+                (true, true, true),
+            ] {
+                let a = rng.vec(m * k);
+                let b = rng.vec(k * n);
+                let a = if transpose_a {
+                    View::row_major(&a, k, m).t()
+                } else {
+                    View::row_major(&a, m, k)
+                };
+                let b = if transpose_b {
+                    View::row_major(&b, n, k).t()
+                } else {
+                    View::row_major(&b, k, n)
+                };
+                let init = rng.vec(m * n);
+                let (mut fast, mut reference) = (init.clone(), init);
+                product(a, b, &mut fast, accumulate, Threads(2));
+                product_reference(a, b, &mut reference, accumulate);
+                for (x, y) in fast.iter().zip(&reference) {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{m}x{n}x{k}: {x} vs {y}"
+                    );
+                }
+            }
+        }
     }
 }

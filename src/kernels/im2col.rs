@@ -103,6 +103,35 @@ impl Window {
         }
     }
 
+    /// The adjoint of lowering: adds every lane of the full lowered matrix back onto the
+    /// input pixel it was copied from (padding lanes are dropped). Used for a
+    /// convolution's input gradient.
+    pub fn raise_add(&self, lowered: &[f32], image: &mut [f32]) {
+        assert_eq!(lowered.len(), self.rows() * self.patch_len());
+        assert_eq!(image.len(), self.height * self.width * self.channels);
+        let (c, out_width) = (self.channels, self.out_width());
+        for (pixel, row) in lowered.chunks_exact(self.patch_len()).enumerate() {
+            let (out_y, out_x) = (pixel / out_width, pixel % out_width);
+            for ky in 0..self.kernel {
+                let y = (out_y * self.stride + ky) as isize - self.padding as isize;
+                if y < 0 || y >= self.height as isize {
+                    continue;
+                }
+                for kx in 0..self.kernel {
+                    let x = (out_x * self.stride + kx) as isize - self.padding as isize;
+                    if x < 0 || x >= self.width as isize {
+                        continue;
+                    }
+                    let start = (y as usize * self.width + x as usize) * c;
+                    let lane = &row[(ky * self.kernel + kx) * c..][..c];
+                    for (to, from) in image[start..start + c].iter_mut().zip(lane) {
+                        *to += from;
+                    }
+                }
+            }
+        }
+    }
+
     /// The portable reference, one element at a time.
     pub fn lower_reference(&self, input: &[f32]) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.rows() * self.patch_len());
@@ -155,6 +184,35 @@ mod tests {
             window.lower_rows(&input, 0, head);
             window.lower_rows(&input, split, tail);
             assert_eq!(out, window.lower_reference(&input), "{window:?}");
+        }
+    }
+
+    /// <lower(x), g> == <x, raise(g)> for every geometry: raising is lowering's adjoint.
+    #[test]
+    fn raising_is_the_adjoint_of_lowering() {
+        let mut rng = Lcg(12);
+        for _ in 0..100 {
+            let kernel = [1, 3, 5][rng.below(3)];
+            let window = Window {
+                height: kernel + rng.below(7),
+                width: kernel + rng.below(7),
+                channels: 1 + rng.below(4),
+                kernel,
+                stride: 1 + rng.below(2),
+                padding: rng.below(kernel / 2 + 1),
+            };
+            let x = rng.vec(window.height * window.width * window.channels);
+            let g = rng.vec(window.rows() * window.patch_len());
+            let lowered = window.lower_reference(&x);
+            let mut raised = vec![0.0; x.len()];
+            window.raise_add(&g, &mut raised);
+            let dot =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a * b) as f64).sum::<f64>();
+            let (lhs, rhs) = (dot(&lowered, &g), dot(&x, &raised));
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{window:?}: {lhs} vs {rhs}"
+            );
         }
     }
 }

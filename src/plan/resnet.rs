@@ -115,6 +115,27 @@ impl ResNetPlan {
 
     /// Logits (or pooled features) of one `[3, height, width]` image.
     pub fn forward(&self, chw: &[f32], height: usize, width: usize, threads: Threads) -> Vec<f32> {
+        self.run(chw, height, width, threads, true)
+    }
+
+    /// The pooled features of one image, whatever head the network has (transfer learning
+    /// shares one backbone between models).
+    pub fn features(&self, chw: &[f32], height: usize, width: usize, threads: Threads) -> Vec<f32> {
+        self.run(chw, height, width, threads, false)
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        self.feature_dim
+    }
+
+    fn run(
+        &self,
+        chw: &[f32],
+        height: usize,
+        width: usize,
+        threads: Threads,
+        classify: bool,
+    ) -> Vec<f32> {
         self.arena.with(|ws| {
             ws.shortcut.load_chw(chw, 3, height, width);
             self.stem.forward(
@@ -140,8 +161,8 @@ impl ResNetPlan {
             ws.pooled.resize(ws.x.channels, 0.0);
             pool::global_average(&ws.x.data, ws.x.channels, &mut ws.pooled);
             match &self.fc {
-                Some(fc) => fc.forward(&ws.pooled, threads),
-                None => ws.pooled.clone(),
+                Some(fc) if classify => fc.forward(&ws.pooled, threads),
+                _ => ws.pooled.clone(),
             }
         })
     }

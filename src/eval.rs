@@ -1,0 +1,213 @@
+//! Evaluation on labelled folders (`DIR/<class>/*`, classes named as the model's labels):
+//! accuracy, per-class precision and recall, the confusion matrix and throughput.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::classifier::{Classifier, ClassifyOptions};
+
+/// Precision and recall of one class.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClassReport {
+    /// Photos of this class in the data.
+    pub n: usize,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub precision: String,
+    /// Photos classified.
+    pub n: usize,
+    pub accuracy: f64,
+    pub per_class: BTreeMap<String, ClassReport>,
+    /// The class names of the matrix's rows (truth) and columns (top-1 prediction), in
+    /// order; a last column `other` counts predictions outside these classes.
+    pub classes: Vec<String>,
+    pub confusion: Vec<Vec<usize>>,
+    pub images_per_second: f64,
+    pub seconds: f64,
+    /// Files that could not be classified (not counted in `n`), with the reason.
+    pub unreadable: Vec<String>,
+}
+
+/// One labelled folder of the data: its class name and model output index.
+struct ClassFolder {
+    name: String,
+    output: usize,
+    files: Vec<std::path::PathBuf>,
+}
+
+fn class_folders(dir: &Path, classifier: &Classifier) -> Result<Vec<ClassFolder>> {
+    let labels = classifier.labels();
+    let mut folders = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the data folder {}", dir.display()))?;
+    let mut paths: Vec<_> = entries
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    paths.retain(|p| p.is_dir());
+    paths.sort();
+    for path in paths {
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let output = (0..labels.len())
+            .find(|&i| {
+                let label = labels.get(i).expect("index in range");
+                label.name() == name || label.id == name
+            })
+            .with_context(|| {
+                format!(
+                    "the folder {} names no class of the model {:?}",
+                    path.display(),
+                    classifier.name()
+                )
+            })?;
+        let mut files: Vec<_> = std::fs::read_dir(&path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        files.retain(|f| f.is_file());
+        files.sort();
+        folders.push(ClassFolder {
+            name,
+            output,
+            files,
+        });
+    }
+    if folders.iter().all(|f| f.files.is_empty()) {
+        bail!(
+            "{} holds no class folders with photos (expected {}/<class>/...)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(folders)
+}
+
+/// Classifies every photo under `dir` and scores the answers.
+pub fn evaluate(classifier: &Classifier, dir: &Path) -> Result<EvalReport> {
+    let folders = class_folders(dir, classifier)?;
+    let classes: Vec<String> = folders.iter().map(|f| f.name.clone()).collect();
+    let other = classes.len();
+    let mut confusion = vec![vec![0usize; classes.len() + 1]; classes.len()];
+    let mut unreadable = Vec::new();
+    let options = ClassifyOptions {
+        top: 1,
+        ..ClassifyOptions::default()
+    };
+    let started = Instant::now();
+    for (truth, folder) in folders.iter().enumerate() {
+        for file in &folder.files {
+            let answer = std::fs::read(file)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| Ok(classifier.classify_bytes(&bytes, &options)?));
+            let predictions = match answer {
+                Ok(predictions) => predictions,
+                Err(error) => {
+                    unreadable.push(format!("{}: {error:#}", file.display()));
+                    continue;
+                }
+            };
+            let predicted = predictions
+                .first()
+                .and_then(|p| folders.iter().position(|f| f.output == p.index))
+                .unwrap_or(other);
+            confusion[truth][predicted] += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let n: usize = confusion.iter().flatten().sum();
+    let correct: usize = (0..classes.len()).map(|i| confusion[i][i]).sum();
+    let per_class = classes
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let actual: usize = confusion[i].iter().sum();
+            let predicted: usize = confusion.iter().map(|row| row[i]).sum();
+            let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            let report = ClassReport {
+                n: actual,
+                precision: ratio(confusion[i][i], predicted),
+                recall: ratio(confusion[i][i], actual),
+            };
+            (name.clone(), report)
+        })
+        .collect();
+    // Binary models have no "other": drop the empty column they would show.
+    if confusion.iter().all(|row| row[other] == 0) && classifier.labels().len() == classes.len() {
+        confusion.iter_mut().for_each(|row| {
+            row.pop();
+        });
+    }
+    Ok(EvalReport {
+        model: classifier.name().to_string(),
+        precision: classifier.precision().name().to_string(),
+        n,
+        accuracy: if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        },
+        per_class,
+        classes,
+        confusion,
+        images_per_second: n as f64 / seconds.max(1e-9),
+        seconds,
+        unreadable,
+    })
+}
+
+impl EvalReport {
+    /// A human-readable summary.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "model {} ({}): {} photos, accuracy {:.4}, {:.1} images/s\n",
+            self.model, self.precision, self.n, self.accuracy, self.images_per_second
+        );
+        out += &format!(
+            "{:<16} {:>6} {:>9} {:>9}\n",
+            "class", "n", "precision", "recall"
+        );
+        for (name, class) in &self.per_class {
+            out += &format!(
+                "{name:<16} {:>6} {:>9.4} {:>9.4}\n",
+                class.n, class.precision, class.recall
+            );
+        }
+        out += "confusion (rows: truth, columns: predicted):\n";
+        let mut columns = self.classes.clone();
+        if self
+            .confusion
+            .first()
+            .is_some_and(|row| row.len() > columns.len())
+        {
+            columns.push("other".into());
+        }
+        out += &format!("{:<16}", "");
+        for column in &columns {
+            out += &format!(" {column:>8}");
+        }
+        out += "\n";
+        for (name, row) in self.classes.iter().zip(&self.confusion) {
+            out += &format!("{name:<16}");
+            for count in row {
+                out += &format!(" {count:>8}");
+            }
+            out += "\n";
+        }
+        for file in &self.unreadable {
+            out += &format!("unreadable: {file}\n");
+        }
+        out
+    }
+}
