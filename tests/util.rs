@@ -50,8 +50,12 @@ pub fn manifest_with_weights(dir: &Path, weights: &Path, sha256: &str) -> PathBu
         )
         .replace(COMMITTED_SHA256, sha256)
         .replace(
-            "\"catsdogs-",
-            &format!("\"{}/weights/catsdogs-", root().to_str().unwrap()),
+            "weights = \"catsdogs-",
+            &format!("weights = \"{}/weights/catsdogs-", root().to_str().unwrap()),
+        )
+        .replace(
+            "labels = \"catsdogs-",
+            &format!("labels = \"{}/weights/catsdogs-", root().to_str().unwrap()),
         );
     let path = dir.join("models.toml");
     std::fs::write(&path, text).unwrap();
