@@ -31,17 +31,7 @@ pub struct ConvReluPool {
 
 impl ConvReluPool {
     pub fn new(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
-        // Glorot uniform, Keras' default for Conv2D.
-        let bound = (6.0 / (9 * (inputs + outputs)) as f64).sqrt();
-        let kernel = vb.get_with_hints(
-            (3, 3, inputs, outputs),
-            "kernel",
-            candle_nn::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
-        let bias = vb.get_with_hints(outputs, "bias", candle_nn::Init::Const(0.0))?;
+        let (kernel, bias) = glorot_layer(&vb, (3, 3, inputs, outputs), 9 * (inputs + outputs))?;
         Ok(Self { kernel, bias })
     }
 
@@ -70,16 +60,7 @@ pub struct Dense {
 
 impl Dense {
     pub fn new(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
-        let bound = (6.0 / (inputs + outputs) as f64).sqrt();
-        let kernel = vb.get_with_hints(
-            (inputs, outputs),
-            "kernel",
-            candle_nn::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
-        let bias = vb.get_with_hints(outputs, "bias", candle_nn::Init::Const(0.0))?;
+        let (kernel, bias) = glorot_layer(&vb, (inputs, outputs), inputs + outputs)?;
         Ok(Self { kernel, bias })
     }
 }
@@ -88,6 +69,25 @@ impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.matmul(&self.kernel)?.broadcast_add(&self.bias)
     }
+}
+
+/// A layer's `kernel` (Glorot uniform over `fan_in + fan_out`, Keras' default) and zero
+/// `bias` (sized by the kernel's last axis).
+fn glorot_layer<S: Into<Shape>>(
+    vb: &VarBuilder,
+    shape: S,
+    fans: usize,
+) -> Result<(Tensor, Tensor)> {
+    let shape = shape.into();
+    let outputs = *shape.dims().last().expect("a kernel has axes");
+    let bound = (6.0 / fans as f64).sqrt();
+    let init = candle_nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    let kernel = vb.get_with_hints(shape, "kernel", init)?;
+    let bias = vb.get_with_hints(outputs, "bias", candle_nn::Init::Const(0.0))?;
+    Ok((kernel, bias))
 }
 
 /// The mean binary cross-entropy of logits against 0/1 targets, in the stable form

@@ -48,6 +48,18 @@ impl Adam {
         })
     }
 
+    /// Over every variable of a candle `VarMap`, by their names.
+    pub fn from_varmap(varmap: &candle_nn::VarMap, config: AdamConfig) -> Result<Self> {
+        let params = varmap
+            .data()
+            .lock()
+            .expect("no panics under the lock")
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        Self::new(params, config)
+    }
+
     pub fn steps(&self) -> u64 {
         self.step
     }

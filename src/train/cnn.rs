@@ -67,14 +67,7 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
     let network = SmallCnn::with_input(spec.input.size as usize, vb)?;
     // Initial weights from the seed, not from candle's unseeded generator.
     reseed_initial_weights(&varmap, options.seed)?;
-    let named_vars: Vec<_> = varmap
-        .data()
-        .lock()
-        .expect("no panics under the lock")
-        .iter()
-        .map(|(name, var)| (name.clone(), var.clone()))
-        .collect();
-    let mut adam = Adam::new(named_vars, AdamConfig::default())?;
+    let mut adam = Adam::from_varmap(&varmap, AdamConfig::default())?;
 
     let checkpoint_tensors = options.beside("checkpoint.safetensors");
     let checkpoint_json = options.beside("checkpoint.json");

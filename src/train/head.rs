@@ -95,15 +95,8 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
     for var in varmap.all_vars() {
         var.set(&var.zeros_like()?)?;
     }
-    let named: Vec<_> = varmap
-        .data()
-        .lock()
-        .expect("no panics under the lock")
-        .iter()
-        .map(|(name, var)| (name.clone(), var.clone()))
-        .collect();
-    let mut adam = Adam::new(
-        named,
+    let mut adam = Adam::from_varmap(
+        &varmap,
         AdamConfig {
             weight_decay: WEIGHT_DECAY,
             ..AdamConfig::default()
