@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::models::resnet::Variant;
+use crate::plan::Precision;
 use crate::preprocess::{ChannelOrder, InputSpec, ResizeMode};
 
 /// The manifest's file name inside a weights folder.
@@ -91,12 +92,15 @@ pub struct ModelSpec {
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub path: PathBuf,
+    /// The precision models run at unless a command says otherwise (ARM images: int8).
+    pub default_precision: Option<Precision>,
     pub models: Vec<ModelSpec>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
+    precision: Option<Precision>,
     model: Vec<RawModel>,
 }
 
@@ -163,6 +167,7 @@ impl Manifest {
             .with_context(|| format!("in the model manifest {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
+            default_precision: raw.precision,
             models,
         })
     }
@@ -193,6 +198,11 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The precision to run at: the command's choice, else the manifest's, else f32.
+    pub fn precision(&self, chosen: Option<Precision>) -> Precision {
+        chosen.or(self.default_precision).unwrap_or_default()
     }
 
     /// The model of that name, or an error listing the known names.
@@ -327,6 +337,22 @@ std_rgb = [0.229, 0.224, 0.225]
         assert_eq!(spec.variant, Variant::V1_5);
         assert_eq!(spec.input.resize_shorter, 32);
         assert_eq!(manifest.default_model().name, "tiny");
+    }
+
+    #[test]
+    fn a_manifest_level_precision_is_the_default_a_command_overrides() {
+        let plain = Manifest::parse(MINIMAL, Path::new("m.toml")).unwrap();
+        assert_eq!(plain.precision(None), Precision::F32);
+        let arm = format!("precision = \"int8\"\n{MINIMAL}");
+        let arm = Manifest::parse(&arm, Path::new("m.toml")).unwrap();
+        assert_eq!(arm.precision(None), Precision::Int8);
+        assert_eq!(arm.precision(Some(Precision::F32)), Precision::F32);
+        let bad = format!("precision = \"int4\"\n{MINIMAL}");
+        let err = format!(
+            "{:#}",
+            Manifest::parse(&bad, Path::new("m.toml")).unwrap_err()
+        );
+        assert!(err.contains("int4"), "{err}");
     }
 
     #[test]

@@ -128,3 +128,32 @@ fn bad_arguments_exit_2_with_a_message() {
         );
     }
 }
+
+#[test]
+fn the_health_check_fails_cleanly_without_a_function() {
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = classify(&[
+        "--manifest",
+        "/nonexistent/models.toml",
+        "healthcheck",
+        "--port",
+        &port.to_string(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr_of(&output).contains("cannot connect"),
+        "{}",
+        stderr_of(&output)
+    );
+    let output = classify(&["healthcheck", "--path", "/etc/passwd"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "only the probes can be asked"
+    );
+}

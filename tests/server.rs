@@ -6,10 +6,16 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::server_util::{agent, reply, Reply, Server};
-use crate::util::{manifest_with_weights, root, shared, COMMITTED_SHA256};
+use crate::util::{classify, manifest_with_weights, root, shared, stderr_of, COMMITTED_SHA256};
 
 fn photo(name: &str) -> Vec<u8> {
     std::fs::read(shared().join("data/photos").join(name)).unwrap()
+}
+
+/// `classify healthcheck` against the function on `port`.
+fn healthcheck(port: u16, args: &[&str]) -> std::process::Output {
+    let port = port.to_string();
+    classify(&[&["healthcheck", "--port", &port, "--timeout", "5s"], args].concat())
 }
 
 fn assert_json_error(reply: &Reply, status: u16, context: &str) {
@@ -248,6 +254,10 @@ fn page_metrics_and_probes() {
     );
     assert_eq!(server.get("/_/health").status, 200);
     assert_eq!(server.get("/_/ready").status, 200);
+    for path in ["/_/health", "/_/ready"] {
+        let check = healthcheck(server.port, &["--path", path]);
+        assert!(check.status.success(), "{path}: {}", stderr_of(&check));
+    }
     assert!(
         server.lock_file.exists(),
         "the lock file is written when ready"
@@ -381,6 +391,13 @@ fn sigterm_finishes_accepted_requests_and_exits_0() {
             503,
             "no new work once shutting down"
         );
+        let check = healthcheck(server.port, &[]);
+        assert_eq!(
+            check.status.code(),
+            Some(1),
+            "the health check fails once shutting down"
+        );
+        assert!(stderr_of(&check).contains("503"), "{}", stderr_of(&check));
         clients.into_iter().map(|c| c.join().unwrap()).collect()
     });
     assert_eq!(statuses, [200, 200, 200]);

@@ -8,6 +8,7 @@ mod accuracy;
 mod browser;
 mod catsdogs;
 mod cli;
+mod deploy;
 mod faults;
 mod fuzz_corpus;
 mod loading;

@@ -25,9 +25,10 @@ pub struct EvalArgs {
     /// Folder of class folders (DIR/cat, DIR/dog, or ImageNet wnids/names for ResNet-50).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Weights and arithmetic: f32, or int8 (quantized at load).
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: Precision,
+    /// Weights and arithmetic: f32, or int8 (quantized at load). Default: the
+    /// manifest's `precision`, else f32.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
@@ -38,7 +39,7 @@ pub fn run(manifest: &Manifest, args: EvalArgs) -> Result<ExitCode> {
         Some(name) => manifest.model(name)?,
         None => manifest.default_model(),
     };
-    let classifier = Classifier::load_with(spec, args.precision)?;
+    let classifier = Classifier::load_with(spec, manifest.precision(args.precision))?;
     let report = crate::eval::evaluate(&classifier, &args.data)?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),

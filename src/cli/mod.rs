@@ -4,6 +4,7 @@
 
 mod bench;
 mod eval;
+mod healthcheck;
 mod predict;
 mod train;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Score a model on labelled folders: accuracy, per-class precision/recall, confusion.
     Eval(eval::EvalArgs),
+    /// Ask the function on this host for /_/health (the images' HEALTHCHECK): exit 0 or 1.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// Exit code for inputs that could not all be classified.
@@ -75,16 +78,18 @@ pub fn main() -> ExitCode {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let manifest_path = args.manifest.unwrap_or_else(default_manifest_path);
-    let manifest = Manifest::load(&manifest_path)?;
+    // Loaded by the commands that use models; the health check only asks the function.
+    let manifest = || Manifest::load(&manifest_path);
     match args.command {
         Command::Serve(settings) => {
-            crate::server::serve(&manifest, settings)?;
+            crate::server::serve(&manifest()?, settings)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Predict(predict) => predict::run(&manifest, predict),
-        Command::Bench(bench) => bench::run(&manifest, bench),
-        Command::Train(train) => train::run(&manifest, train),
-        Command::Eval(eval) => eval::run(&manifest, eval),
+        Command::Predict(predict) => predict::run(&manifest()?, predict),
+        Command::Bench(bench) => bench::run(&manifest()?, bench),
+        Command::Train(train) => train::run(&manifest()?, train),
+        Command::Eval(eval) => eval::run(&manifest()?, eval),
+        Command::Healthcheck(check) => Ok(healthcheck::run(check)),
     }
 }
 

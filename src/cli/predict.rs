@@ -29,9 +29,10 @@ pub struct PredictArgs {
     /// Model name from the manifest (default: its first model).
     #[arg(long)]
     model: Option<String>,
-    /// Weights and arithmetic: f32, or int8 (quantized at load).
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: Precision,
+    /// Weights and arithmetic: f32, or int8 (quantized at load). Default: the
+    /// manifest's `precision`, else f32.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// How many predictions to print per image (1..=20).
     #[arg(long, default_value_t = DEFAULT_TOP)]
     top: usize,
@@ -70,7 +71,7 @@ pub fn run(manifest: &Manifest, args: PredictArgs) -> Result<ExitCode> {
     } else {
         Format::Json
     });
-    let classifier = Classifier::load_with(spec, args.precision)?;
+    let classifier = Classifier::load_with(spec, manifest.precision(args.precision))?;
     let options = ClassifyOptions {
         resize: args.resize,
         top: args.top,

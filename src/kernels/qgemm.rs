@@ -27,6 +27,8 @@ pub struct PackedWeights {
     k: usize,
     n: usize,
     quads: usize,
+    // Read by the x86 kernels; ARM's own kernels will read it too.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     panels: usize,
     data: Vec<i8>,
 }
@@ -67,6 +69,7 @@ impl PackedWeights {
         self.data[(panel * self.quads + kk / 4) * QUAD_BYTES + lane * 4 + kk % 4]
     }
 
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn panel(&self, panel: usize) -> &[i8] {
         &self.data[panel * self.quads * QUAD_BYTES..(panel + 1) * self.quads * QUAD_BYTES]
     }
@@ -140,6 +143,7 @@ fn reference(p: &QMatMul, c: &mut [f32]) {
 
 /// Every kernel this CPU can run, best last.
 pub fn available() -> Vec<&'static Kernel> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut kernels = vec![&REFERENCE];
     #[cfg(target_arch = "x86_64")]
     {
@@ -180,6 +184,7 @@ pub fn kernel() -> &'static Kernel {
 
 /// One k-quad of an activation row as an i32 (little-endian bytes), zero-padded past `k`.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn quad_of(row: &[u8], quad: usize) -> i32 {
     let start = quad * 4;
     let mut bytes = [0u8; 4];

@@ -53,7 +53,7 @@ struct State {
 
 /// Loads the models, then serves until SIGTERM or SIGINT; returns once in-flight
 /// requests are answered (or `write_timeout` has passed).
-pub fn serve(manifest: &Manifest, settings: ServeSettings) -> Result<()> {
+pub fn serve(manifest: &Manifest, mut settings: ServeSettings) -> Result<()> {
     // Before anything is announced: a signal right after "listening" must stop us cleanly,
     // not kill us with the default action.
     let stop = Arc::new(AtomicBool::new(false));
@@ -62,6 +62,7 @@ pub fn serve(manifest: &Manifest, settings: ServeSettings) -> Result<()> {
             .context("cannot install signal handlers")?;
     }
 
+    settings.precision = Some(manifest.precision(settings.precision));
     let specs: Vec<ModelSpec> = selected_models(manifest, &settings.models)?
         .into_iter()
         .cloned()
@@ -158,7 +159,7 @@ fn load_models(state: &State, specs: &[ModelSpec]) {
     let mut by_name = HashMap::new();
     let mut order = Vec::new();
     for spec in specs {
-        match Classifier::load_with(spec, state.settings.precision) {
+        match Classifier::load_with(spec, state.settings.precision.unwrap_or_default()) {
             Ok(classifier) => {
                 state
                     .metrics

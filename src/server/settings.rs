@@ -24,9 +24,9 @@ pub const WORKERS_PER_CORE: usize = 2;
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
     /// Weights and arithmetic of every served model: f32, or int8 (quantized at load;
-    /// a quarter of the memory).
-    #[arg(long, env = "precision", value_enum, default_value = "f32")]
-    pub precision: Precision,
+    /// a quarter of the memory). Default: the manifest's `precision`, else f32.
+    #[arg(long, env = "precision", value_enum)]
+    pub precision: Option<Precision>,
     /// Address to listen on.
     #[arg(long, env = "bind", default_value = "0.0.0.0")]
     pub bind: String,
