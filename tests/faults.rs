@@ -1,5 +1,5 @@
 //! Faults from outside the request path (issue 8): damaged or vanishing weights, an
-//! unwritable lock file, signals in every phase (out-of-range settings are in
+//! unwritable lock file or a full /tmp, signals in every phase (out-of-range settings are in
 //! `server::bad_settings_and_a_taken_port_are_refused_at_start`). Each one ends in a clear
 //! message and a defined exit or refusal.
 
@@ -95,6 +95,41 @@ fn an_unwritable_lock_file_is_reported_and_serving_goes_on() {
     let log = server.log().join("\n");
     assert!(log.contains("cannot write the lock file"), "{log}");
     assert_eq!(server.get("/_/health").status, 200);
+    let photo = std::fs::read(tiger()).unwrap();
+    assert_eq!(server.post("/", &photo).status, 200);
+}
+
+/// A full /tmp: a tmpfs with no inode left, so not even the empty lock file can be
+/// created (ENOSPC). The function warns and serves, as with a read-only /tmp. Mounting
+/// needs root, which CI has (it installs packages and builds images).
+#[test]
+fn a_full_tmp_is_reported_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k,nr_inodes=1", "tmpfs"])
+        .arg(dir.path())
+        .output()
+        .expect("mount runs");
+    assert!(
+        mount.status.success(),
+        "this test mounts a full tmpfs and needs root: {}",
+        String::from_utf8_lossy(&mount.stderr)
+    );
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let lock = dir.path().join(".lock");
+    let server = Server::ready(&["--lock-file", lock.to_str().unwrap()], &[]);
+    let log = server.log().join("\n");
+    assert!(
+        log.contains("cannot write the lock file") && log.contains("No space left"),
+        "{log}"
+    );
+    assert_eq!(server.get("/_/ready").status, 200);
     let photo = std::fs::read(tiger()).unwrap();
     assert_eq!(server.post("/", &photo).status, 200);
 }
