@@ -28,9 +28,12 @@ BINARY_arm64 := dist/aarch64-unknown-linux-musl/classify
 BINARY_armv7 := dist/$(ARMV7_STATIC)/classify
 ARCHES ?= amd64 arm64 armv7
 
-# What every image serves: the manifest and the files it names (not the training records).
-WEIGHTS := models.toml resnet50.safetensors imagenet-labels.tsv \
-	catsdogs-head.safetensors catsdogs-cnn.safetensors catsdogs-labels.tsv
+# What the images serve: the manifest and the files it names (not the training records).
+# Every image has the int8 weights; only x86 also carries the f32 ones (ARM images are
+# kept small for SD cards and slow links, and serve int8 by default).
+WEIGHTS_int8 := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-head.safetensors \
+	resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
+WEIGHTS_f32 := resnet50.safetensors catsdogs-cnn.safetensors
 
 .PHONY: dist static stage images test-images targets clean-dist
 .DELETE_ON_ERROR:
@@ -62,7 +65,7 @@ dist/$(WINDOWS_TARGET)/classify.exe: FORCE
 	install -D -m 0755 target/$(WINDOWS_TARGET)/$(PROFILE)/classify.exe $@
 
 # An image's root filesystem: /function/classify, /function/weights/, a world-writable
-# /tmp for the lock file. ARM images serve int8 by default (manifest-level precision).
+# /tmp for the lock file. ARM images carry and serve int8 (manifest-level precision).
 stage: $(foreach a,$(ARCHES),$(BINARY_$(a)))
 	rm -rf dist/image
 	install -D -m 0644 Dockerfile dist/image/Dockerfile
@@ -73,7 +76,8 @@ stage: $(foreach a,$(ARCHES),$(BINARY_$(a)))
 		install -d -m 0755 $$root/function/weights; \
 		install -d -m 1777 $$root/tmp; \
 		install -m 0755 $$binary $$root/function/classify; \
-		for file in $(WEIGHTS); do install -m 0644 weights/$$file $$root/function/weights/$$file; done; \
+		weights="$(WEIGHTS_int8)"; [ $$arch = amd64 ] && weights="$$weights $(WEIGHTS_f32)"; \
+		for file in $$weights; do install -m 0644 weights/$$file $$root/function/weights/$$file; done; \
 		if [ $$arch != amd64 ]; then \
 			{ echo '# ARM images serve int8 unless `precision` says otherwise.'; \
 			  echo 'precision = "int8"'; echo; cat weights/models.toml; } > $$root/function/weights/models.toml; \

@@ -155,6 +155,12 @@ def wait_healthy(process, port, log_path):
     raise Failure(f"not ready within {START_SECONDS} s: {Path(log_path).read_text()}")
 
 
+# Image size goals (the int8 ResNet-50 and CNN, binary included).
+SIZE_LIMIT_MB = {"arm64": 40, "armv7": 40}
+INT8_WEIGHTS = ["resnet50-int8.safetensors", "catsdogs-cnn-int8.safetensors"]
+F32_WEIGHTS = ["resnet50.safetensors", "catsdogs-cnn.safetensors"]
+
+
 def test_arch(name):
     arch, variant, emulator = ARCHES[name]
     if emulator is not None and platform.machine() not in ("x86_64", "amd64"):
@@ -166,6 +172,15 @@ def test_arch(name):
     try:
         mount = buildah("mount", container).strip()
         figures["size_mb"] = tree_bytes(mount) / 1e6
+        limit = SIZE_LIMIT_MB.get(name)
+        check(limit is None or figures["size_mb"] <= limit,
+              f"{figures['size_mb']:.1f} MB, over the {limit} MB goal")
+        weights = Path(mount) / "function/weights"
+        for file in INT8_WEIGHTS + (F32_WEIGHTS if name == "amd64" else []):
+            check((weights / file).is_file(), f"/function/weights/{file} is missing")
+        if name != "amd64":
+            for file in F32_WEIGHTS:
+                check(not (weights / file).exists(), f"an ARM image carries the f32 {file}")
         tmp = Path(mount) / "tmp"
         check(tmp.is_dir() and (tmp.stat().st_mode & 0o1777) == 0o1777, "/tmp is not world-writable")
         manifest = tomllib.loads((Path(mount) / "function/weights/models.toml").read_text())

@@ -11,12 +11,13 @@ use candle_core::{Module, Tensor, D};
 
 use crate::kernels::Threads;
 use crate::labels::Labels;
-use crate::manifest::{Architecture, Backbone, ModelSpec};
+use crate::manifest::{Architecture, Backbone, ModelSpec, WeightsFile};
 use crate::models::resnet::{self, ResNet};
 use crate::models::small_cnn::SmallCnn;
 use crate::plan::{self, resnet::ResNetPlan, Precision};
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
+use crate::quantize;
 use crate::weights::CheckedWeights;
 
 /// The network behind a model, compiled for inference.
@@ -40,13 +41,16 @@ static RESNETS: Mutex<Vec<(ResNetKey, Weak<ResNetPlan>)>> = Mutex::new(Vec::new(
 /// The compiled ResNet-50 of a weights file, shared with every model that loaded it
 /// before and still holds it.
 fn shared_resnet(
-    weights_path: &Path,
-    sha256: &str,
-    variant: resnet::Variant,
+    resnet: &Backbone,
     classes: usize,
     precision: Precision,
 ) -> Result<Arc<ResNetPlan>> {
-    let key = (sha256.to_string(), classes, precision);
+    // Keyed by the file the weights come from: an int8 file, or the f32 file.
+    let source = match (&resnet.int8, precision) {
+        (Some(file), Precision::Int8) => &file.sha256,
+        _ => &resnet.sha256,
+    };
+    let key = (source.clone(), classes, precision);
     let mut cache = RESNETS.lock().expect("no panics under the lock");
     cache.retain(|(_, plan)| plan.strong_count() > 0);
     if let Some(plan) = cache
@@ -56,25 +60,38 @@ fn shared_resnet(
     {
         return Ok(plan);
     }
-    let weights = CheckedWeights::load(weights_path, sha256)?;
-    let config = resnet::Config::resnet50(variant, Some(classes));
-    let network = weights.build(|vb| ResNet::new(&config, vb))?;
-    let plan = Arc::new(ResNetPlan::new(&network.fold_batch_norm()?, precision)?);
+    let config = resnet::Config::resnet50(resnet.variant, Some(classes));
+    let network = match precision {
+        Precision::F32 => f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
+            .build(|vb| ResNet::new(&config, vb))?
+            .fold_batch_norm()?,
+        Precision::Int8 => {
+            let (weights, path) = quantize::resnet_int8(resnet, classes)?;
+            CheckedWeights::from_tensors(path, weights.dequantized()?)
+                .build(|vb| ResNet::new_folded(&config, vb))?
+        }
+    };
+    let plan = Arc::new(ResNetPlan::new(&network, precision)?);
     cache.push((key, Arc::downgrade(&plan)));
     Ok(plan)
+}
+
+/// A model's f32 weights; when only its int8 file is installed (the ARM images), the
+/// error says so.
+fn f32_weights(path: &Path, sha256: &str, int8: &Option<WeightsFile>) -> Result<CheckedWeights> {
+    let loaded = CheckedWeights::load(path, sha256);
+    match int8 {
+        Some(file) if !path.exists() && file.path.exists() => loaded
+            .context("only the int8 weights of this model are installed: use --precision int8"),
+        _ => loaded,
+    }
 }
 
 /// The ResNet-50 a transfer head sits on (its ImageNet classifier is loaded, since every
 /// tensor of the file must be used, and skipped by [`ResNetPlan::features`]).
 pub fn load_backbone(backbone: &Backbone, precision: Precision) -> Result<Arc<ResNetPlan>> {
-    shared_resnet(
-        &backbone.weights,
-        &backbone.sha256,
-        backbone.variant,
-        IMAGENET_CLASSES,
-        precision,
-    )
-    .with_context(|| format!("cannot load the backbone {:?}", backbone.name))
+    shared_resnet(backbone, IMAGENET_CLASSES, precision)
+        .with_context(|| format!("cannot load the backbone {:?}", backbone.name))
 }
 
 /// The outputs of the ResNet-50 every backbone was trained with.
@@ -130,22 +147,26 @@ impl Classifier {
         Self::load_with(spec, Precision::F32)
     }
 
-    /// Loads a model at a precision (int8 quantizes the f32 weights at load).
+    /// Loads a model at a precision (int8 reads the model's int8 file, or quantizes the
+    /// f32 weights at load when the manifest names none).
     pub fn load_with(spec: &ModelSpec, precision: Precision) -> Result<Self> {
         let started = Instant::now();
         let load = || -> Result<Self> {
             let labels = Labels::load(&spec.labels)?;
             let network = match spec.architecture {
-                Architecture::Resnet50 => Network::ResNet(shared_resnet(
-                    &spec.weights,
-                    &spec.sha256,
-                    spec.variant,
-                    labels.len(),
-                    precision,
-                )?),
+                Architecture::Resnet50 => {
+                    Network::ResNet(shared_resnet(&spec.as_backbone(), labels.len(), precision)?)
+                }
                 Architecture::SmallCnn => {
                     check_binary(&labels)?;
-                    let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
+                    // At int8 the CNN runs its candle layers on the dequantized weights.
+                    let weights = match precision {
+                        Precision::F32 => f32_weights(&spec.weights, &spec.sha256, &spec.int8)?,
+                        Precision::Int8 => {
+                            let (weights, path) = quantize::small_cnn_int8(spec)?;
+                            CheckedWeights::from_tensors(path, weights.dequantized()?)
+                        }
+                    };
                     Network::SmallCnn(
                         weights.build(|vb| SmallCnn::with_input(spec.input.size as usize, vb))?,
                     )

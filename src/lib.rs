@@ -1,6 +1,7 @@
 //! edge-classify: image classification as a native serverless function.
 //!
-//! - [`manifest`] describes the models; [`weights`] reads and verifies their files;
+//! - [`manifest`] describes the models; [`weights`] reads and verifies their files (f32 and
+//!   int8), which [`quantize`] makes;
 //! - [`models`] defines the networks as candle modules;
 //! - [`plan`] compiles them for fast inference on the [`kernels`];
 //! - [`preprocess`] turns image bytes into input tensors;
@@ -25,6 +26,7 @@ pub mod models;
 pub mod plan;
 pub mod predictions;
 pub mod preprocess;
+pub mod quantize;
 pub mod server;
 pub mod train;
 pub mod weights;

@@ -61,6 +61,13 @@ impl Architecture {
     }
 }
 
+/// A weights file and the sha256 it must have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightsFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
 /// The frozen network a transfer model's head sits on: another model of the manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backbone {
@@ -68,6 +75,8 @@ pub struct Backbone {
     pub variant: Variant,
     pub weights: PathBuf,
     pub sha256: String,
+    /// The backbone's int8 file, if it has one.
+    pub int8: Option<WeightsFile>,
 }
 
 /// One model as the manifest describes it, with paths made absolute.
@@ -82,10 +91,26 @@ pub struct ModelSpec {
     pub backbone: Option<Backbone>,
     pub weights: PathBuf,
     pub sha256: String,
+    /// The weights `classify quantize` wrote, used at int8 instead of quantizing the f32
+    /// file at load (which then need not be present: the ARM images carry only these).
+    pub int8: Option<WeightsFile>,
     pub labels: PathBuf,
     pub source: String,
     pub licence: String,
     pub input: InputSpec,
+}
+
+impl ModelSpec {
+    /// A `resnet50` model's weights, as a head's backbone (or its own) refers to them.
+    pub fn as_backbone(&self) -> Backbone {
+        Backbone {
+            name: self.name.clone(),
+            variant: self.variant,
+            weights: self.weights.clone(),
+            sha256: self.sha256.clone(),
+            int8: self.int8.clone(),
+        }
+    }
 }
 
 /// All models of one manifest, in the order it lists them (the first is the default).
@@ -115,10 +140,18 @@ struct RawModel {
     backbone: Option<String>,
     weights: PathBuf,
     sha256: String,
+    int8: Option<RawWeightsFile>,
     labels: PathBuf,
     source: String,
     licence: String,
     input: RawInput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeightsFile {
+    weights: PathBuf,
+    sha256: String,
 }
 
 #[derive(Deserialize)]
@@ -177,12 +210,7 @@ impl Manifest {
         let resnets: Vec<Backbone> = models
             .iter()
             .filter(|m| m.architecture == Architecture::Resnet50)
-            .map(|m| Backbone {
-                name: m.name.clone(),
-                variant: m.variant,
-                weights: m.weights.clone(),
-                sha256: m.sha256.clone(),
-            })
+            .map(ModelSpec::as_backbone)
             .collect();
         for model in models.iter_mut() {
             if let Some(backbone) = &mut model.backbone {
@@ -240,9 +268,22 @@ impl RawModel {
         {
             bail!("model name {name:?} must be non-empty ASCII letters, digits, '-' or '_'");
         }
-        if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-            bail!("{}: sha256 must be 64 hexadecimal digits", context());
-        }
+        check_sha256(&self.sha256).with_context(context)?;
+        let int8 = match (self.architecture, self.int8) {
+            (Architecture::Resnet50Head, Some(_)) => bail!(
+                "{}: a head runs at its backbone's precision; give the backbone the int8 file",
+                context()
+            ),
+            (_, Some(file)) => {
+                check_sha256(&file.sha256)
+                    .with_context(|| format!("{}: int8 weights", context()))?;
+                Some(WeightsFile {
+                    path: folder.join(file.weights),
+                    sha256: file.sha256.to_ascii_lowercase(),
+                })
+            }
+            (_, None) => None,
+        };
         let input = self.input;
         if input.size == 0 {
             bail!("{}: input size must be positive", context());
@@ -272,6 +313,7 @@ impl RawModel {
                 variant,
                 weights: PathBuf::new(),
                 sha256: String::new(),
+                int8: None,
             }),
             (Architecture::Resnet50Head, None) => {
                 bail!(
@@ -289,6 +331,7 @@ impl RawModel {
             backbone,
             weights: folder.join(self.weights),
             sha256: self.sha256.to_ascii_lowercase(),
+            int8,
             labels: folder.join(self.labels),
             source: self.source,
             licence: self.licence,
@@ -304,6 +347,13 @@ impl RawModel {
             name,
         })
     }
+}
+
+fn check_sha256(sha256: &str) -> Result<()> {
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("sha256 must be 64 hexadecimal digits, got {sha256:?}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -353,6 +403,32 @@ std_rgb = [0.229, 0.224, 0.225]
             Manifest::parse(&bad, Path::new("m.toml")).unwrap_err()
         );
         assert!(err.contains("int4"), "{err}");
+    }
+
+    #[test]
+    fn an_int8_file_is_optional_and_checked() {
+        let with_int8 = MINIMAL.replace(
+            "[model.input]",
+            "[model.int8]\nweights = \"tiny-int8.safetensors\"\nsha256 = \"AB12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12\"\n[model.input]",
+        );
+        let manifest = Manifest::parse(&with_int8, Path::new("/m/models.toml")).unwrap();
+        let int8 = manifest.model("tiny").unwrap().int8.clone().unwrap();
+        assert_eq!(int8.path, Path::new("/m/tiny-int8.safetensors"));
+        assert_eq!(int8.sha256, "ab12".repeat(16));
+        assert!(Manifest::parse(MINIMAL, Path::new("m.toml"))
+            .unwrap()
+            .models[0]
+            .int8
+            .is_none());
+        let bad = with_int8.replace("AB12ab12", "nothex!!");
+        let err = format!(
+            "{:#}",
+            Manifest::parse(&bad, Path::new("m.toml")).unwrap_err()
+        );
+        assert!(
+            err.contains("int8 weights") && err.contains("sha256"),
+            "{err}"
+        );
     }
 
     #[test]

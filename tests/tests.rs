@@ -12,5 +12,6 @@ mod deploy;
 mod faults;
 mod fuzz_corpus;
 mod loading;
+mod quantize;
 mod reference;
 mod server;

@@ -42,6 +42,16 @@ pub fn manifest_with_weights(dir: &Path, weights: &Path, sha256: &str) -> PathBu
             &format!("{:?}", weights.to_str().unwrap()),
         )
         .replace(
+            "\"resnet50-int8.safetensors\"",
+            &format!(
+                "{:?}",
+                root()
+                    .join("weights/resnet50-int8.safetensors")
+                    .to_str()
+                    .unwrap()
+            ),
+        )
+        .replace(
             "\"imagenet-labels.tsv\"",
             &format!(
                 "{:?}",
@@ -76,7 +86,7 @@ pub fn resnet50() -> &'static Classifier {
     })
 }
 
-/// The committed ResNet-50 quantized to int8 at load, once for all tests.
+/// The committed ResNet-50 at int8 (its int8 file), once for all tests.
 pub fn resnet50_int8() -> &'static Classifier {
     static MODEL: OnceLock<Classifier> = OnceLock::new();
     MODEL.get_or_init(|| {

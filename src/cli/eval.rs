@@ -25,7 +25,7 @@ pub struct EvalArgs {
     /// Folder of class folders (DIR/cat, DIR/dog, or ImageNet wnids/names for ResNet-50).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Weights and arithmetic: f32, or int8 (quantized at load). Default: the
+    /// Weights and arithmetic: f32, or int8 (the int8 file, else quantized at load). Default: the
     /// manifest's `precision`, else f32.
     #[arg(long, value_enum)]
     precision: Option<Precision>,

@@ -6,6 +6,7 @@ mod bench;
 mod eval;
 mod healthcheck;
 mod predict;
+mod quantize;
 mod train;
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train a dogs-vs-cats model (the small CNN or the ResNet-50 transfer head).
     Train(train::TrainArgs),
+    /// Write a model's int8 weights file (what the ARM images carry).
+    Quantize(quantize::QuantizeArgs),
     /// Score a model on labelled folders: accuracy, per-class precision/recall, confusion.
     Eval(eval::EvalArgs),
     /// Ask the function on this host for /_/health (the images' HEALTHCHECK): exit 0 or 1.
@@ -89,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Bench(bench) => bench::run(&manifest()?, bench),
         Command::Train(train) => train::run(&manifest()?, train),
         Command::Eval(eval) => eval::run(&manifest()?, eval),
+        Command::Quantize(quantize) => quantize::run(&manifest()?, quantize),
         Command::Healthcheck(check) => Ok(healthcheck::run(check)),
     }
 }

@@ -29,7 +29,7 @@ pub struct PredictArgs {
     /// Model name from the manifest (default: its first model).
     #[arg(long)]
     model: Option<String>,
-    /// Weights and arithmetic: f32, or int8 (quantized at load). Default: the
+    /// Weights and arithmetic: f32, or int8 (the int8 file, else quantized at load). Default: the
     /// manifest's `precision`, else f32.
     #[arg(long, value_enum)]
     precision: Option<Precision>,

@@ -61,9 +61,22 @@ impl Config {
 /// For inference the BatchNorm can be folded into the convolution's weights and bias.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
+    /// The convolution's tensor-name prefix (`layer1.0.conv1`): a folded network is
+    /// saved under its convolutions' names.
+    name: String,
     conv: Conv2d,
     /// `None` once folded into `conv`.
     bn: Option<BatchNorm>,
+}
+
+/// How a network's normalization is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Bias-free convolutions, each followed by its BatchNorm (the trained network).
+    WithBatchNorm,
+    /// Each BatchNorm folded into its convolution's weights and bias (the inference form,
+    /// which `classify quantize` stores).
+    Folded,
 }
 
 /// The geometry of one convolution, named so that call sites cannot swap the numbers.
@@ -76,25 +89,34 @@ struct ConvShape {
 }
 
 impl ConvBn {
-    fn new(shape: ConvShape, conv_vb: VarBuilder, bn_vb: VarBuilder) -> Result<Self> {
+    fn new(shape: ConvShape, form: Form, conv_vb: VarBuilder, bn_vb: VarBuilder) -> Result<Self> {
         let config = Conv2dConfig {
             padding: shape.kernel / 2,
             stride: shape.stride,
             ..Default::default()
         };
-        let conv = candle_nn::conv2d_no_bias(
-            shape.in_channels,
-            shape.out_channels,
-            shape.kernel,
-            config,
-            conv_vb,
-        )?;
+        let name = conv_vb.prefix();
+        let (in_channels, out_channels, kernel) =
+            (shape.in_channels, shape.out_channels, shape.kernel);
+        if form == Form::Folded {
+            let conv = candle_nn::conv2d(in_channels, out_channels, kernel, config, conv_vb)?;
+            return Ok(Self {
+                name,
+                conv,
+                bn: None,
+            });
+        }
+        let conv = candle_nn::conv2d_no_bias(in_channels, out_channels, kernel, config, conv_vb)?;
         let bn_config = BatchNormConfig {
             eps: BATCH_NORM_EPS,
             ..Default::default()
         };
-        let bn = candle_nn::batch_norm(shape.out_channels, bn_config, bn_vb)?;
-        Ok(Self { conv, bn: Some(bn) })
+        let bn = candle_nn::batch_norm(out_channels, bn_config, bn_vb)?;
+        Ok(Self {
+            name,
+            conv,
+            bn: Some(bn),
+        })
     }
 
     pub fn conv(&self) -> &Conv2d {
@@ -111,11 +133,27 @@ impl ConvBn {
     pub fn fold_batch_norm(&self) -> Result<Self> {
         match &self.bn {
             Some(bn) => Ok(Self {
+                name: self.name.clone(),
                 conv: self.conv.absorb_bn(bn)?,
                 bn: None,
             }),
             None => Ok(self.clone()),
         }
+    }
+
+    /// A folded layer's tensors under its convolution's name.
+    fn folded_tensors(&self) -> Result<[(String, Tensor); 2]> {
+        if self.bn.is_some() {
+            candle_core::bail!(
+                "{}: fold BatchNorm before saving the folded form",
+                self.name
+            );
+        }
+        let bias = self.conv.bias().expect("a folded convolution has a bias");
+        Ok([
+            (format!("{}.weight", self.name), self.conv.weight().clone()),
+            (format!("{}.bias", self.name), bias.clone()),
+        ])
     }
 }
 
@@ -144,6 +182,7 @@ impl Bottleneck {
         width: usize,
         stride: usize,
         variant: Variant,
+        form: Form,
         vb: VarBuilder,
     ) -> Result<Self> {
         let out_channels = width * EXPANSION;
@@ -158,6 +197,7 @@ impl Bottleneck {
                 kernel: 1,
                 stride: reduce_stride,
             },
+            form,
             vb.pp("conv1"),
             vb.pp("bn1"),
         )?;
@@ -168,6 +208,7 @@ impl Bottleneck {
                 kernel: 3,
                 stride: spatial_stride,
             },
+            form,
             vb.pp("conv2"),
             vb.pp("bn2"),
         )?;
@@ -178,6 +219,7 @@ impl Bottleneck {
                 kernel: 1,
                 stride: 1,
             },
+            form,
             vb.pp("conv3"),
             vb.pp("bn3"),
         )?;
@@ -189,7 +231,7 @@ impl Bottleneck {
                 stride,
             };
             let vb = vb.pp("downsample");
-            Some(ConvBn::new(shape, vb.pp(0), vb.pp(1))?)
+            Some(ConvBn::new(shape, form, vb.pp(0), vb.pp(1))?)
         } else {
             None
         };
@@ -260,7 +302,18 @@ pub struct ResNet {
 }
 
 impl ResNet {
+    /// The trained network: torchvision's tensors, every convolution with its BatchNorm.
     pub fn new(config: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::build(config, Form::WithBatchNorm, vb)
+    }
+
+    /// The inference form that [`Self::fold_batch_norm`] gives and
+    /// [`Self::folded_tensors`] saves: convolutions with bias, no BatchNorm tensors.
+    pub fn new_folded(config: &Config, vb: VarBuilder) -> Result<Self> {
+        Self::build(config, Form::Folded, vb)
+    }
+
+    fn build(config: &Config, form: Form, vb: VarBuilder) -> Result<Self> {
         let stem = ConvBn::new(
             ConvShape {
                 in_channels: 3,
@@ -268,6 +321,7 @@ impl ResNet {
                 kernel: 7,
                 stride: 2,
             },
+            form,
             vb.pp("conv1"),
             vb.pp("bn1"),
         )?;
@@ -285,6 +339,7 @@ impl ResNet {
                     width,
                     stride,
                     config.variant,
+                    form,
                     stage_vb.pp(block),
                 )?);
                 in_channels = width * EXPANSION;
@@ -319,6 +374,23 @@ impl ResNet {
                 .collect::<Result<_>>()?,
             fc: self.fc.clone(),
         })
+    }
+
+    /// Every tensor of a folded network by name, as [`Self::new_folded`] reads them.
+    pub fn folded_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut tensors = Vec::new();
+        let layers = std::iter::once(&self.stem)
+            .chain(self.stages.iter().flatten().flat_map(Bottleneck::layers));
+        for layer in layers {
+            tensors.extend(layer.folded_tensors()?);
+        }
+        if let Some(fc) = &self.fc {
+            tensors.push(("fc.weight".to_string(), fc.weight().clone()));
+            if let Some(bias) = fc.bias() {
+                tensors.push(("fc.bias".to_string(), bias.clone()));
+            }
+        }
+        Ok(tensors)
     }
 
     pub fn stem(&self) -> &ConvBn {
@@ -406,7 +478,7 @@ mod tests {
         for (variant, strides) in [(Variant::V1, [2, 1, 1]), (Variant::V1_5, [1, 2, 1])] {
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-            let block = Bottleneck::new(8, 4, 2, variant, vb).unwrap();
+            let block = Bottleneck::new(8, 4, 2, variant, Form::WithBatchNorm, vb).unwrap();
             let ys = block.forward_t(&xs, false).unwrap();
             assert_eq!(ys.dims(), [2, 16, 5, 5]);
             let expected = bottleneck_slow(&block, &xs, strides, 2);
@@ -478,13 +550,23 @@ mod tests {
             "{}",
             max_difference(&slow, &fast)
         );
+
+        // Saved and rebuilt in the folded form, it is the same network.
+        let tensors: std::collections::HashMap<String, Tensor> =
+            folded.folded_tensors().unwrap().into_iter().collect();
+        assert_eq!(tensors.len(), (1 + 4 * 3 + 4) * 2 + 2);
+        assert!(net.folded_tensors().is_err(), "an unfolded network");
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let rebuilt = ResNet::new_folded(&config, vb).unwrap();
+        let again = rebuilt.forward_t(&xs, false).unwrap();
+        assert_eq!(max_difference(&fast, &again), 0.0);
     }
 
     #[test]
     fn identity_blocks_have_no_projection() {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let block = Bottleneck::new(16, 4, 1, Variant::V1, vb).unwrap();
+        let block = Bottleneck::new(16, 4, 1, Variant::V1, Form::WithBatchNorm, vb).unwrap();
         assert_eq!(block.layers().count(), 3);
     }
 }

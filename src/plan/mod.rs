@@ -15,6 +15,7 @@ use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
 use rayon::prelude::*;
 
 use crate::kernels::{pool, quantize, Threads};
+use crate::weights::int8::{quantize_channels, ChannelAxis};
 
 /// One image's activations, height x width x channels, channels fastest.
 #[derive(Debug, Default)]
@@ -144,7 +145,8 @@ impl Conv2d {
         let weights = match precision {
             Precision::F32 => ConvWeights::F32(weights),
             Precision::Int8 => {
-                let (quantized, scales) = quantize_columns(&weights, out_channels);
+                let (quantized, scales) =
+                    quantize_channels(&weights, out_channels, ChannelAxis::Last);
                 ConvWeights::Int8 {
                     packed: PackedWeights::pack(&quantized, kh * kh * in_channels, out_channels),
                     scales,
@@ -336,30 +338,6 @@ fn run_bands<S: Send>(
     } else {
         work.into_par_iter().for_each(run);
     }
-}
-
-/// Symmetric per-column quantization of a row-major `K x N` matrix: `w ≈ q * scale[col]`
-/// with `q` in -127..=127 (never -128, so negating stays in range).
-pub fn quantize_columns(weights: &[f32], columns: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut max_abs = vec![0f32; columns];
-    for row in weights.chunks_exact(columns) {
-        for (m, w) in max_abs.iter_mut().zip(row) {
-            *m = m.max(w.abs());
-        }
-    }
-    let scales: Vec<f32> = max_abs
-        .iter()
-        .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
-        .collect();
-    let quantized = weights
-        .chunks_exact(columns)
-        .flat_map(|row| {
-            row.iter()
-                .zip(&scales)
-                .map(|(w, s)| (w / s).round().clamp(-127.0, 127.0) as i8)
-        })
-        .collect();
-    (quantized, scales)
 }
 
 /// Quantizes one row of non-negative activations to `0..=max` with its own scale, which

@@ -23,8 +23,8 @@ pub const WORKERS_PER_CORE: usize = 2;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
-    /// Weights and arithmetic of every served model: f32, or int8 (quantized at load;
-    /// a quarter of the memory). Default: the manifest's `precision`, else f32.
+    /// Weights and arithmetic of every served model: f32, or int8 (the model's int8 file,
+    /// else quantized at load; a quarter of the memory). Default: the manifest's `precision`, else f32.
     #[arg(long, env = "precision", value_enum)]
     pub precision: Option<Precision>,
     /// Address to listen on.

@@ -1,6 +1,9 @@
 //! Reading weights files: the sha256 the manifest promises, the safetensors container,
 //! and a candle [`SimpleBackend`] that names the file in every missing-tensor or
-//! wrong-shape error and reports the tensors no layer asked for.
+//! wrong-shape error and reports the tensors no layer asked for. [`int8`] owns the
+//! quantized files.
+
+pub mod int8;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -54,11 +57,21 @@ impl CheckedWeights {
                     path.display()
                 )
             })?;
-        Ok(Self {
+        Ok(Self::from_tensors(path, tensors))
+    }
+
+    /// Tensors already in memory, reported as coming from `path`.
+    pub fn from_tensors(path: &Path, tensors: HashMap<String, Tensor>) -> Self {
+        Self {
             path: path.to_path_buf(),
             tensors,
             requested: Mutex::new(HashSet::new()),
-        })
+        }
+    }
+
+    /// Every tensor by name (for a model whose layers take them as they are).
+    pub fn into_tensors(self) -> HashMap<String, Tensor> {
+        self.tensors
     }
 
     /// Reads, verifies and parses a weights file.
