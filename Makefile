@@ -5,6 +5,8 @@
 #   make stage     dist/image/: the images' build context, a root filesystem per architecture
 #   make images    the three images with buildah (offline), tagged $(IMAGE):$(VERSION)-<arch>
 #   make test-images  builds them, checks their configuration and runs each one
+#   make test-arm  the unit tests, golden logits and int8 checks on aarch64 under qemu,
+#                  on CPU models without (Pi 3, Pi 4) and with (Pi 5) the dot product
 #
 # Needs: rustup targets (`make targets`), Debian's gcc-aarch64-linux-gnu,
 # gcc-arm-linux-gnueabihf, gcc-mingw-w64-x86-64 and qemu-user (linkers and runners are
@@ -29,13 +31,15 @@ BINARY_armv7 := dist/$(ARMV7_STATIC)/classify
 ARCHES ?= amd64 arm64 armv7
 
 # What the images serve: the manifest and the files it names (not the training records).
-# Every image has the int8 weights; only x86 also carries the f32 ones (ARM images are
-# kept small for SD cards and slow links, and serve int8 by default).
-WEIGHTS_int8 := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-head.safetensors \
-	resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
-WEIGHTS_f32 := resnet50.safetensors catsdogs-cnn.safetensors
+# amd64 carries both precisions and serves f32. arm64 carries only the int8 weights and
+# serves them (NEON int8 kernels; a small image for SD cards and slow links). armv7
+# carries f32 and serves it: until it has its own NEON kernels, its int8 products run
+# the portable kernel, 5x the instructions of f32 there (bench/results/insncount.md).
+WEIGHTS_COMMON := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-head.safetensors
+WEIGHTS_INT8 := resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
+WEIGHTS_F32 := resnet50.safetensors catsdogs-cnn.safetensors
 
-.PHONY: dist static stage images test-images targets clean-dist
+.PHONY: dist static stage images test-images test-arm targets clean-dist
 .DELETE_ON_ERROR:
 
 dist: $(foreach t,$(DYNAMIC_TARGETS) $(MUSL_TARGETS) $(ARMV7_STATIC) $(WINDOWS_TARGET),dist/$(t)/classify$(if $(findstring windows,$(t)),.exe))
@@ -65,22 +69,26 @@ dist/$(WINDOWS_TARGET)/classify.exe: FORCE
 	install -D -m 0755 target/$(WINDOWS_TARGET)/$(PROFILE)/classify.exe $@
 
 # An image's root filesystem: /function/classify, /function/weights/, a world-writable
-# /tmp for the lock file. ARM images carry and serve int8 (manifest-level precision).
+# /tmp for the lock file. The arm64 manifest starts with `precision = "int8"`.
 stage: $(foreach a,$(ARCHES),$(BINARY_$(a)))
 	rm -rf dist/image
 	install -D -m 0644 Dockerfile dist/image/Dockerfile
 	set -e; for arch in $(ARCHES); do \
 		root=dist/image/linux-$$arch; \
-		case $$arch in amd64) binary=$(BINARY_amd64) ;; arm64) binary=$(BINARY_arm64) ;; \
-			armv7) binary=$(BINARY_armv7) ;; *) echo "unknown arch $$arch" >&2; exit 1 ;; esac; \
+		case $$arch in \
+			amd64) binary=$(BINARY_amd64); weights="$(WEIGHTS_INT8) $(WEIGHTS_F32)"; precision= ;; \
+			arm64) binary=$(BINARY_arm64); weights="$(WEIGHTS_INT8)"; precision=int8 ;; \
+			armv7) binary=$(BINARY_armv7); weights="$(WEIGHTS_F32)"; precision= ;; \
+			*) echo "unknown arch $$arch" >&2; exit 1 ;; esac; \
 		install -d -m 0755 $$root/function/weights; \
 		install -d -m 1777 $$root/tmp; \
 		install -m 0755 $$binary $$root/function/classify; \
-		weights="$(WEIGHTS_int8)"; [ $$arch = amd64 ] && weights="$$weights $(WEIGHTS_f32)"; \
-		for file in $$weights; do install -m 0644 weights/$$file $$root/function/weights/$$file; done; \
-		if [ $$arch != amd64 ]; then \
-			{ echo '# ARM images serve int8 unless `precision` says otherwise.'; \
-			  echo 'precision = "int8"'; echo; cat weights/models.toml; } > $$root/function/weights/models.toml; \
+		for file in $(WEIGHTS_COMMON) $$weights; do \
+			install -m 0644 weights/$$file $$root/function/weights/$$file; done; \
+		if [ -n "$$precision" ]; then \
+			{ echo "# This image carries and serves $$precision weights."; \
+			  echo "precision = \"$$precision\""; echo; cat weights/models.toml; } \
+				> $$root/function/weights/models.toml; \
 		fi; \
 	done
 
@@ -104,6 +112,33 @@ images: stage
 
 test-images: images
 	IMAGE=$(IMAGE) VERSION=$(VERSION) deploy/test-images.py $(ARCHES)
+
+# CPU model -> the int8 kernels it must offer and lack (a detection that silently fell
+# back would otherwise test the portable kernel three times).
+ARM_CPUS ?= cortex-a53 cortex-a72 cortex-a76
+EXPECT_cortex-a53 := neon
+EXPECT_cortex-a72 := neon
+EXPECT_cortex-a76 := neon,neon-dotprod
+ABSENT_cortex-a53 := neon-dotprod
+ABSENT_cortex-a72 := neon-dotprod
+ARM_TEST := $(CARGO) test --locked --target aarch64-unknown-linux-gnu
+# The integration tests that check the numbers: golden logits (f32 within 1e-3 of
+# PyTorch) and int8 (file = quantized at load, near f32). The rest exercise the server
+# and the CLI, not the arithmetic, and take minutes each under emulation.
+ARM_INTEGRATION := reference::logits_match_the_golden_vectors quantize::the_int8_file_is
+
+# One CPU model's run: the runner picks the model, the variables what it must offer.
+define arm_test
+	@echo "== aarch64 on $(1)"
+	EDGE_EXPECT_INT8_KERNELS=$(EXPECT_$(1)) EDGE_ABSENT_INT8_KERNELS=$(ABSENT_$(1)) \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $(1)" \
+		sh -c '$(ARM_TEST) --lib -q && $(ARM_TEST) --test tests -q -- $(ARM_INTEGRATION)'
+
+endef
+
+test-arm:
+	$(ARM_TEST) --lib --test tests --no-run
+	$(foreach cpu,$(ARM_CPUS),$(call arm_test,$(cpu)))
 
 clean-dist:
 	rm -rf dist

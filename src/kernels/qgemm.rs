@@ -8,10 +8,14 @@
 //! - `reference`: portable loops, every CPU; the oracle of the tests;
 //! - `avx2`: `vpmaddubsw` + `vpmaddwd`; activations are limited to 0..127 so the pairwise
 //!   i16 sums cannot saturate (2 x 127 x 127 < 32767);
-//! - `avx512vnni`: `vpdpbusd`, 64 multiply-adds per instruction, full 0..255.
+//! - `avx512vnni`: `vpdpbusd`, 64 multiply-adds per instruction, full 0..255;
+//! - `neon` (every aarch64 CPU: Pi 3, Pi 4): `smull` + `sadalp`, activations 0..127 so
+//!   they multiply as i8;
+//! - `neon-dotprod` (Armv8.2 dot product: Pi 5's Cortex-A76): `sdot`, 16 multiply-adds
+//!   per instruction, activations 0..127 likewise; chosen only when the CPU reports it.
 //!
-//! `EDGE_CPU_INT8=reference|avx2|avx512vnni` forces one (tests, comparisons); a kernel
-//! the CPU lacks is refused with a warning.
+//! `EDGE_CPU_INT8=reference|avx2|avx512vnni|neon|neon-dotprod` forces one (tests,
+//! comparisons); a kernel the CPU lacks is refused with a warning.
 
 use std::sync::OnceLock;
 
@@ -27,8 +31,11 @@ pub struct PackedWeights {
     k: usize,
     n: usize,
     quads: usize,
-    // Read by the x86 kernels; ARM's own kernels will read it too.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    // Read by the SIMD kernels.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     panels: usize,
     data: Vec<i8>,
 }
@@ -69,7 +76,10 @@ impl PackedWeights {
         self.data[(panel * self.quads + kk / 4) * QUAD_BYTES + lane * 4 + kk % 4]
     }
 
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     fn panel(&self, panel: usize) -> &[i8] {
         &self.data[panel * self.quads * QUAD_BYTES..(panel + 1) * self.quads * QUAD_BYTES]
     }
@@ -143,7 +153,10 @@ fn reference(p: &QMatMul, c: &mut [f32]) {
 
 /// Every kernel this CPU can run, best last.
 pub fn available() -> Vec<&'static Kernel> {
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_mut)
+    )]
     let mut kernels = vec![&REFERENCE];
     #[cfg(target_arch = "x86_64")]
     {
@@ -156,6 +169,14 @@ pub fn available() -> Vec<&'static Kernel> {
             && std::arch::is_x86_feature_detected!("avx512vnni")
         {
             kernels.push(&x86::AVX512_VNNI);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // Advanced SIMD is part of every aarch64 CPU; the dot product is optional.
+        kernels.push(&neon::NEON);
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            kernels.push(&neon::NEON_DOTPROD);
         }
     }
     kernels
@@ -184,13 +205,42 @@ pub fn kernel() -> &'static Kernel {
 
 /// One k-quad of an activation row as an i32 (little-endian bytes), zero-padded past `k`.
 #[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 fn quad_of(row: &[u8], quad: usize) -> i32 {
     let start = quad * 4;
     let mut bytes = [0u8; 4];
     let end = row.len().min(start + 4);
     bytes[..end - start].copy_from_slice(&row[start..end]);
     i32::from_le_bytes(bytes)
+}
+
+/// Row tiles: as many rows as the registers hold, then smaller tiles for the rest.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_macros)
+)]
+macro_rules! for_row_tiles {
+    ($m:expr, $big:literal, |$row:ident, $tile:ident| $body:expr) => {{
+        let mut $row = 0;
+        while $row + $big <= $m {
+            const $tile: usize = $big;
+            $body;
+            $row += $big;
+        }
+        while $row + 4 <= $m {
+            const $tile: usize = 4;
+            $body;
+            $row += 4;
+        }
+        while $row < $m {
+            const $tile: usize = 1;
+            $body;
+            $row += 1;
+        }
+    }};
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -210,28 +260,6 @@ mod x86 {
         max_activation: 255,
         run: |p, c| unsafe { run_vnni(p, c) },
     };
-
-    /// Row tiles: as many rows as the registers hold, then smaller tiles for the rest.
-    macro_rules! for_row_tiles {
-        ($m:expr, $big:literal, |$row:ident, $tile:ident| $body:expr) => {{
-            let mut $row = 0;
-            while $row + $big <= $m {
-                const $tile: usize = $big;
-                $body;
-                $row += $big;
-            }
-            while $row + 4 <= $m {
-                const $tile: usize = 4;
-                $body;
-                $row += 4;
-            }
-            while $row < $m {
-                const $tile: usize = 1;
-                $body;
-                $row += 1;
-            }
-        }};
-    }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn run_vnni(p: &QMatMul, c: &mut [f32]) {
@@ -405,6 +433,151 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{quad_of, Kernel, QMatMul, PANEL, QUAD_BYTES};
+
+    pub static NEON: Kernel = Kernel {
+        name: "neon",
+        max_activation: 127,
+        // SAFETY: Advanced SIMD is mandatory on aarch64.
+        run: |p, c| unsafe { run::<false>(p, c) },
+    };
+
+    pub static NEON_DOTPROD: Kernel = Kernel {
+        name: "neon-dotprod",
+        max_activation: 127,
+        // SAFETY: listed by `available` only when the CPU reports the dot product.
+        run: |p, c| unsafe { run_dotprod(p, c) },
+    };
+
+    /// Columns per tile: a panel's 32 columns in four groups of eight (32 bytes a quad).
+    const GROUP: usize = 8;
+
+    #[target_feature(enable = "dotprod")]
+    unsafe fn run_dotprod(p: &QMatMul, c: &mut [f32]) {
+        run::<true>(p, c)
+    }
+
+    #[inline(always)]
+    unsafe fn run<const DOT: bool>(p: &QMatMul, c: &mut [f32]) {
+        let (k, n) = (p.b.k, p.b.n);
+        for panel in 0..p.b.panels {
+            let b = p.b.panel(panel);
+            for group in 0..PANEL / GROUP {
+                let first = panel * PANEL + group * GROUP;
+                if first >= n {
+                    break;
+                }
+                let cols = (n - first).min(GROUP);
+                for_row_tiles!(p.m, 4, |row, TILE| tile::<TILE, DOT>(
+                    p,
+                    row,
+                    k,
+                    &b[group * GROUP * 4..],
+                    &mut c[row * n + first..],
+                    n,
+                    &p.scale[first..],
+                    cols
+                ));
+            }
+        }
+    }
+
+    /// `acc += dot(a's four bytes, each column's four bytes)`, four columns per lane.
+    #[inline(always)]
+    unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        acc
+    }
+
+    /// One tile: `MR` rows x eight columns. Without `DOT`, each accumulator lane holds
+    /// half a column's sum (`smull` then `sadalp` add products in pairs) and the halves
+    /// are added at the end; with it, `sdot` gives whole column sums.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const MR: usize, const DOT: bool>(
+        p: &QMatMul,
+        row: usize,
+        k: usize,
+        b: &[i8],
+        c: &mut [f32],
+        ldc: usize,
+        scale: &[f32],
+        cols: usize,
+    ) {
+        let rows: [&[u8]; MR] = std::array::from_fn(|r| &p.a[(row + r) * p.lda..][..k]);
+        let mut acc = [[vdupq_n_s32(0); 4]; MR];
+        let bp = b.as_ptr();
+        let full_quads = k / 4;
+        let mut quad_step = |q: usize, quads: [i32; MR]| {
+            let b0 = vld1q_s8(bp.add(q * QUAD_BYTES));
+            let b1 = vld1q_s8(bp.add(q * QUAD_BYTES + 16));
+            for r in 0..MR {
+                // Activations are 0..=127: as i8 they keep their value.
+                let a = vreinterpretq_s8_s32(vdupq_n_s32(quads[r]));
+                if DOT {
+                    acc[r][0] = sdot(acc[r][0], a, b0);
+                    acc[r][1] = sdot(acc[r][1], a, b1);
+                } else {
+                    let a_low = vget_low_s8(a);
+                    acc[r][0] = vpadalq_s16(acc[r][0], vmull_s8(a_low, vget_low_s8(b0)));
+                    acc[r][1] = vpadalq_s16(acc[r][1], vmull_high_s8(a, b0));
+                    acc[r][2] = vpadalq_s16(acc[r][2], vmull_s8(a_low, vget_low_s8(b1)));
+                    acc[r][3] = vpadalq_s16(acc[r][3], vmull_high_s8(a, b1));
+                }
+            }
+        };
+        for q in 0..full_quads {
+            quad_step(
+                q,
+                std::array::from_fn(|r| {
+                    (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
+                }),
+            );
+        }
+        if !k.is_multiple_of(4) {
+            quad_step(
+                full_quads,
+                std::array::from_fn(|r| quad_of(rows[r], full_quads)),
+            );
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            // Column sums 0..4 and 4..8.
+            let sums = if DOT {
+                [acc[0], acc[1]]
+            } else {
+                [vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3])]
+            };
+            let row_scale = p.row_scale[row + r];
+            let out = &mut c[r * ldc..];
+            if cols == GROUP {
+                for (half, sum) in sums.iter().enumerate() {
+                    let s = vmulq_n_f32(vld1q_f32(scale.as_ptr().add(half * 4)), row_scale);
+                    let o = out.as_mut_ptr().add(half * 4);
+                    vst1q_f32(o, vfmaq_f32(vld1q_f32(o), vcvtq_f32_s32(*sum), s));
+                }
+            } else {
+                let mut lanes = [0i32; GROUP];
+                vst1q_s32(lanes.as_mut_ptr(), sums[0]);
+                vst1q_s32(lanes.as_mut_ptr().add(4), sums[1]);
+                for col in 0..cols {
+                    out[col] = (lanes[col] as f32).mul_add(scale[col] * row_scale, out[col]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,6 +665,31 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The CI runs these tests under qemu CPU models with and without each feature and
+    /// names the kernels each must offer (`EDGE_EXPECT_INT8_KERNELS`) and lack
+    /// (`EDGE_ABSENT_INT8_KERNELS`), so a detection that fails tests nothing silently.
+    #[test]
+    fn the_cpu_offers_the_kernels_it_should() {
+        let names: Vec<&str> = available().iter().map(|k| k.name).collect();
+        if cfg!(target_arch = "aarch64") {
+            assert!(names.contains(&"neon"), "{names:?}");
+        }
+        let listed = |var: &str| -> Vec<String> {
+            std::env::var(var)
+                .unwrap_or_default()
+                .split(',')
+                .filter(|name| !name.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        for name in listed("EDGE_EXPECT_INT8_KERNELS") {
+            assert!(names.contains(&name.as_str()), "{name} missing: {names:?}");
+        }
+        for name in listed("EDGE_ABSENT_INT8_KERNELS") {
+            assert!(!names.contains(&name.as_str()), "{name} offered: {names:?}");
         }
     }
 

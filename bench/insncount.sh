@@ -1,0 +1,60 @@
+#!/bin/sh
+# Guest instructions per image under qemu-user: exact and repeatable, our cost proxy
+# for ARM CPUs we do not have (time under qemu means nothing). For each CPU model and
+# precision it runs `classify predict` on one and on three copies of a photo, pinned to
+# one core (one thread), and halves the difference: decode + preprocess + ResNet-50
+# forward of one image (the forward is over 98 % of it).
+#
+#   bench/insncount.sh [RESULTS.md]     (default bench/results/insncount.md)
+#
+# Needs the static binaries (`make static`), qemu-user and a C compiler for the
+# counting plugin (../shared/tools/qemu-insncount).
+set -eu
+cd "$(dirname "$0")/.."
+out=${1:-bench/results/insncount.md}
+shared=${EDGE_SHARED:-../shared}
+plugin_dir=${PLUGIN_DIR:-target/qemu-insncount}
+[ -f "$plugin_dir/libinsncount.so" ] || "$shared/tools/qemu-insncount/build.sh" "$plugin_dir" >/dev/null
+plugin=$(realpath "$plugin_dir/libinsncount.so")
+photo=$(realpath "$shared/data/photos/tiger.jpg")
+weights=$(realpath weights/models.toml)
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# Runs one configuration on `copies` photos; its stderr (the count, the kernel chosen)
+# lands in $log.
+run() { # qemu cpu binary precision copies
+    qemu=$1 cpu=$2 binary=$3 precision=$4 copies=$5
+    set -- "$photo"
+    i=1; while [ "$i" -lt "$copies" ]; do set -- "$@" "$photo"; i=$((i + 1)); done
+    RUST_LOG=edge_classify::kernels=info RAYON_NUM_THREADS=1 taskset -c 0 \
+        "$qemu" -cpu "$cpu" -plugin "$plugin" \
+        "$binary" --manifest "$weights" predict --precision "$precision" "$@" 2>"$log" >/dev/null
+}
+instructions() { sed -n 's/.*guest_insns=\([0-9]*\).*/\1/p' "$log"; }
+
+{
+    echo "| target | CPU model | precision | int8 kernel | instructions per image |"
+
+    echo "| --- | --- | --- | --- | --- |"
+    for config in \
+        "qemu-aarch64 cortex-a53 dist/aarch64-unknown-linux-musl/classify aarch64" \
+        "qemu-aarch64 cortex-a72 dist/aarch64-unknown-linux-musl/classify aarch64" \
+        "qemu-aarch64 cortex-a76 dist/aarch64-unknown-linux-musl/classify aarch64" \
+        "qemu-arm cortex-a7 dist/armv7-unknown-linux-gnueabihf-static/classify armv7"; do
+        set -- $config
+        qemu=$1 cpu=$2 binary=$3 target=$4
+        for precision in f32 int8; do
+            run "$qemu" "$cpu" "$binary" "$precision" 1
+            one=$(instructions)
+            kernel=$(sed -n 's/.*int8 kernel kernel="\{0,1\}\([a-z0-9-]*\).*/\1/p' "$log" | head -n 1)
+            [ -n "$kernel" ] || kernel="-"
+            run "$qemu" "$cpu" "$binary" "$precision" 3
+            three=$(instructions)
+            per_image=$(( (three - one) / 2 ))
+            printf '| %s | %s | %s | %s | %s |\n' "$target" "$cpu" "$precision" "$kernel" \
+                "$(awk -v n="$per_image" 'BEGIN { printf "%.2fe9", n / 1e9 }')"
+        done
+    done
+} | tee "$out"
