@@ -13,8 +13,8 @@ use crate::models::resnet::{self, ResNet};
 use crate::weights::int8::{ChannelAxis, Int8Weights};
 use crate::weights::CheckedWeights;
 
-/// The int8 weights of a manifest model (a head: of its backbone, which is what gets
-/// quantized; the head's 2,049 numbers stay f32).
+/// The int8 weights of a manifest model. A head is refused: its backbone is what gets
+/// quantized (the head's 2,049 numbers stay f32).
 pub fn quantize(spec: &ModelSpec, classes: usize) -> Result<Int8Weights> {
     match spec.architecture {
         Architecture::Resnet50 => quantize_resnet(&spec.as_backbone(), classes),
