@@ -66,9 +66,7 @@ fn shared_resnet(
             .build(|vb| ResNet::new(&config, vb))?
             .fold_batch_norm()?,
         Precision::Int8 => {
-            let (weights, path) = quantize::resnet_int8(resnet, classes)?;
-            CheckedWeights::from_tensors(path, weights.dequantized()?)
-                .build(|vb| ResNet::new_folded(&config, vb))?
+            quantize::resnet_int8(resnet, classes)?.build(|vb| ResNet::new_folded(&config, vb))?
         }
     };
     let plan = Arc::new(ResNetPlan::new(&network, precision)?);
@@ -162,10 +160,7 @@ impl Classifier {
                     // At int8 the CNN runs its candle layers on the dequantized weights.
                     let weights = match precision {
                         Precision::F32 => f32_weights(&spec.weights, &spec.sha256, &spec.int8)?,
-                        Precision::Int8 => {
-                            let (weights, path) = quantize::small_cnn_int8(spec)?;
-                            CheckedWeights::from_tensors(path, weights.dequantized()?)
-                        }
+                        Precision::Int8 => quantize::small_cnn_int8(spec)?,
                     };
                     Network::SmallCnn(
                         weights.build(|vb| SmallCnn::with_input(spec.input.size as usize, vb))?,

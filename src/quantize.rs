@@ -27,8 +27,9 @@ pub fn quantize(spec: &ModelSpec, classes: usize) -> Result<Int8Weights> {
     }
 }
 
-/// The folded ResNet-50 at int8, from its int8 file or quantized from f32 now.
-pub fn resnet_int8(resnet: &Backbone, classes: usize) -> Result<(Int8Weights, &Path)> {
+/// The folded ResNet-50's int8 weights (dequantized for its candle modules), from its int8
+/// file or quantized from f32 now.
+pub fn resnet_int8(resnet: &Backbone, classes: usize) -> Result<CheckedWeights> {
     match &resnet.int8 {
         Some(file) => {
             let weights = load_checked(file, "resnet50", &resnet.sha256)?;
@@ -39,21 +40,27 @@ pub fn resnet_int8(resnet: &Backbone, classes: usize) -> Result<(Int8Weights, &P
                 file.path.display(),
                 variant_name(resnet.variant)
             );
-            Ok((weights, &file.path))
+            dequantized(&weights, &file.path)
         }
-        None => Ok((quantize_resnet(resnet, classes)?, &resnet.weights)),
+        None => dequantized(&quantize_resnet(resnet, classes)?, &resnet.weights),
     }
 }
 
-/// The small CNN at int8, from its int8 file or quantized from f32 now.
-pub fn small_cnn_int8(spec: &ModelSpec) -> Result<(Int8Weights, &Path)> {
+/// The small CNN's int8 weights (dequantized for its candle layers), from its int8 file
+/// or quantized from f32 now.
+pub fn small_cnn_int8(spec: &ModelSpec) -> Result<CheckedWeights> {
     match &spec.int8 {
-        Some(file) => Ok((load_checked(file, "small-cnn", &spec.sha256)?, &file.path)),
-        None => Ok((
-            quantize_small_cnn(&spec.weights, &spec.sha256)?,
+        Some(file) => dequantized(&load_checked(file, "small-cnn", &spec.sha256)?, &file.path),
+        None => dequantized(
+            &quantize_small_cnn(&spec.weights, &spec.sha256)?,
             &spec.weights,
-        )),
+        ),
     }
+}
+
+/// Int8 weights back in f32, for a model's constructor, reported as coming from `path`.
+fn dequantized(weights: &Int8Weights, path: &Path) -> Result<CheckedWeights> {
+    Ok(CheckedWeights::from_tensors(path, weights.dequantized()?))
 }
 
 /// BatchNorm folded first, so the quantized kernels are the ones the plan multiplies by.

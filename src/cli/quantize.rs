@@ -44,7 +44,7 @@ pub fn run(manifest: &Manifest, args: QuantizeArgs) -> Result<ExitCode> {
     std::fs::write(&partial, &bytes)
         .and_then(|()| std::fs::rename(&partial, &args.out))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    let sha256 = crate::weights::file_sha256(&args.out)?;
+    let sha256 = crate::weights::sha256_hex(&bytes);
     let f32_size = std::fs::metadata(&spec.weights).map(|m| m.len()).ok();
     let ratio = f32_size.map_or_else(String::new, |size| {
         format!(

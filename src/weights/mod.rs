@@ -21,14 +21,19 @@ const IGNORED_SUFFIXES: [&str; 1] = ["num_batches_tracked"];
 /// The sha256 of a file, in hex (what the manifest states for a weights file).
 pub fn file_sha256(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+    Ok(sha256_hex(&bytes))
+}
+
+/// The sha256 of bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Reads a whole weights file and checks its sha256 against the manifest's.
 pub fn read_verified(path: &Path, expected_sha256: &str) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the weights file {}", path.display()))?;
-    let actual = hex::encode(Sha256::digest(&bytes));
+    let actual = sha256_hex(&bytes);
     if !actual.eq_ignore_ascii_case(expected_sha256) {
         bail!(
             "the weights file {} is not the one the manifest names: its sha256 is {actual}, \
