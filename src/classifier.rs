@@ -60,16 +60,16 @@ fn shared_resnet(
     {
         return Ok(plan);
     }
-    let config = resnet::Config::resnet50(resnet.variant, Some(classes));
-    let network = match precision {
-        Precision::F32 => f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
-            .build(|vb| ResNet::new(&config, vb))?
-            .fold_batch_norm()?,
-        Precision::Int8 => {
-            quantize::resnet_int8(resnet, classes)?.build(|vb| ResNet::new_folded(&config, vb))?
+    let plan = Arc::new(match precision {
+        Precision::F32 => {
+            let config = resnet::Config::resnet50(resnet.variant, Some(classes));
+            let network = f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
+                .build(|vb| ResNet::new(&config, vb))?
+                .fold_batch_norm()?;
+            ResNetPlan::new(&network, precision)?
         }
-    };
-    let plan = Arc::new(ResNetPlan::new(&network, precision)?);
+        Precision::Int8 => quantize::resnet_int8_plan(resnet, classes)?,
+    });
     cache.push((key, Arc::downgrade(&plan)));
     Ok(plan)
 }

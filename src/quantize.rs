@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::manifest::{Architecture, Backbone, ModelSpec, WeightsFile};
 use crate::models::resnet::{self, ResNet};
+use crate::plan::resnet::ResNetPlan;
 use crate::weights::int8::{ChannelAxis, Int8Weights};
 use crate::weights::CheckedWeights;
 
@@ -27,10 +28,10 @@ pub fn quantize(spec: &ModelSpec, classes: usize) -> Result<Int8Weights> {
     }
 }
 
-/// The folded ResNet-50's int8 weights (dequantized for its candle modules), from its int8
-/// file or quantized from f32 now.
-pub fn resnet_int8(resnet: &Backbone, classes: usize) -> Result<CheckedWeights> {
-    match &resnet.int8 {
+/// The ResNet-50 compiled at int8 from its int8 file, or from its f32 weights quantized
+/// now: the plan takes the stored i8 kernels as they are (no f32 copy of them is made).
+pub fn resnet_int8_plan(resnet: &Backbone, classes: usize) -> Result<ResNetPlan> {
+    let (weights, path) = match &resnet.int8 {
         Some(file) => {
             let weights = load_checked(file, "resnet50", &resnet.sha256)?;
             let variant = weights.require("variant")?;
@@ -40,10 +41,15 @@ pub fn resnet_int8(resnet: &Backbone, classes: usize) -> Result<CheckedWeights> 
                 file.path.display(),
                 variant_name(resnet.variant)
             );
-            dequantized(&weights, &file.path)
+            (weights, &file.path)
         }
-        None => dequantized(&quantize_resnet(resnet, classes)?, &resnet.weights),
-    }
+        None => (quantize_resnet(resnet, classes)?, &resnet.weights),
+    };
+    let config = resnet::Config::resnet50(resnet.variant, Some(classes));
+    let structure = CheckedWeights::from_tensors(path, weights.with_conv_placeholders()?)
+        .build(|vb| ResNet::new_folded(&config, vb))?;
+    ResNetPlan::from_int8(&structure, &weights)
+        .with_context(|| format!("cannot plan the int8 weights {}", path.display()))
 }
 
 /// The small CNN's int8 weights (dequantized for its candle layers), from its int8 file

@@ -2,6 +2,9 @@
 //! becomes one row holding its receptive field, ordered (kernel row, kernel column,
 //! channel) to match the packed weights of [`crate::plan::Conv2d`]. Padding lanes are
 //! written as zeros (garbage there could decode to denormals and slow the product down).
+//! int8 convolutions lower and quantize in one pass ([`Window::lower_quantized`]).
+
+use super::quantize;
 
 /// Geometry of a square convolution window over an NHWC image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,33 +76,106 @@ impl Window {
         out_x: usize,
         row: &mut [T],
     ) {
+        self.lower_pixel_with(input, out_y, out_x, row, |from, to| {
+            to.copy_from_slice(from)
+        });
+    }
+
+    /// Fills one output pixel's lowered row: `convert` takes each run of input values
+    /// that lands in the row (a whole kernel row when it lies inside the image, else one
+    /// pixel's channels); padding lanes get `D::default()`.
+    fn lower_pixel_with<S, D: Copy + Default>(
+        &self,
+        input: &[S],
+        out_y: usize,
+        out_x: usize,
+        row: &mut [D],
+        mut convert: impl FnMut(&[S], &mut [D]),
+    ) {
         let c = self.channels;
         let span = self.kernel * c;
         for ky in 0..self.kernel {
             let dst = &mut row[ky * span..(ky + 1) * span];
             let y = (out_y * self.stride + ky) as isize - self.padding as isize;
             if y < 0 || y >= self.height as isize {
-                dst.fill(T::default());
+                dst.fill(D::default());
                 continue;
             }
             let x0 = (out_x * self.stride) as isize - self.padding as isize;
             let row_start = y as usize * self.width;
             if x0 >= 0 && x0 as usize + self.kernel <= self.width {
-                // The whole kernel row lies inside the image: one contiguous copy.
+                // The whole kernel row lies inside the image: one contiguous run.
                 let start = (row_start + x0 as usize) * c;
-                dst.copy_from_slice(&input[start..start + span]);
+                convert(&input[start..start + span], dst);
                 continue;
             }
             for kx in 0..self.kernel {
                 let x = x0 + kx as isize;
                 let lane = &mut dst[kx * c..(kx + 1) * c];
                 if x < 0 || x >= self.width as isize {
-                    lane.fill(T::default());
+                    lane.fill(D::default());
                 } else {
                     let start = (row_start + x as usize) * c;
-                    lane.copy_from_slice(&input[start..start + c]);
+                    convert(&input[start..start + c], lane);
                 }
             }
+        }
+    }
+
+    /// The largest of `pixel_max` over one output pixel's receptive field (0 when it lies
+    /// in the padding only): the largest value of its lowered row.
+    fn field_max(&self, pixel_max: &[f32], out_y: usize, out_x: usize) -> f32 {
+        let mut largest = 0f32;
+        for ky in 0..self.kernel {
+            let y = (out_y * self.stride + ky) as isize - self.padding as isize;
+            if y < 0 || y >= self.height as isize {
+                continue;
+            }
+            for kx in 0..self.kernel {
+                let x = (out_x * self.stride + kx) as isize - self.padding as isize;
+                if x >= 0 && x < self.width as isize {
+                    largest = largest.max(pixel_max[y as usize * self.width + x as usize]);
+                }
+            }
+        }
+        largest
+    }
+
+    /// Rows `first_row..` of the lowered matrix of non-negative activations, quantized to
+    /// `0..=max` straight from the f32 input (no f32 copy of the rows): each row gets its
+    /// own scale, its largest value / `max` (0 for a row of zeros), written to
+    /// `row_scales`. `pixel_max` holds each input pixel's largest value ([`quantize::maxima`]), so each row's largest
+    /// value costs nine lookups instead of a pass over the row.
+    pub fn lower_quantized(
+        &self,
+        input: &[f32],
+        pixel_max: &[f32],
+        first_row: usize,
+        max: u8,
+        out: &mut [u8],
+        row_scales: &mut [f32],
+    ) {
+        assert_eq!(input.len(), self.height * self.width * self.channels);
+        assert_eq!(pixel_max.len(), self.height * self.width);
+        let out_width = self.out_width();
+        for (i, (row, row_scale)) in out
+            .chunks_exact_mut(self.patch_len())
+            .zip(row_scales)
+            .enumerate()
+        {
+            let (out_y, out_x) = ((first_row + i) / out_width, (first_row + i) % out_width);
+            let largest = self.field_max(pixel_max, out_y, out_x);
+            if largest <= 0.0 {
+                row.fill(0);
+                *row_scale = 0.0;
+                continue;
+            }
+            let scale = largest / max as f32;
+            let inverse = 1.0 / scale;
+            self.lower_pixel_with(input, out_y, out_x, row, |from, to| {
+                quantize::quantize(from, inverse, max, to)
+            });
+            *row_scale = scale;
         }
     }
 
@@ -184,6 +260,59 @@ mod tests {
             window.lower_rows(&input, 0, head);
             window.lower_rows(&input, split, tail);
             assert_eq!(out, window.lower_reference(&input), "{window:?}");
+        }
+    }
+
+    /// Lowering and quantizing in one pass gives what quantizing each lowered row of the
+    /// reference does: the same scales and the same bytes.
+    #[test]
+    fn quantized_lowering_matches_quantizing_the_reference_rows() {
+        let mut rng = Lcg(13);
+        for case in 0..150 {
+            let kernel = [1, 3, 7][rng.below(3)];
+            let window = Window {
+                height: kernel + rng.below(9),
+                width: kernel + rng.below(9),
+                channels: 1 + rng.below(9),
+                kernel,
+                stride: 1 + rng.below(3),
+                padding: rng.below(kernel / 2 + 1),
+            };
+            // Post-ReLU activations: about half zeros, so some rows are all zero.
+            let input: Vec<f32> = rng
+                .vec(window.height * window.width * window.channels)
+                .iter()
+                .map(|x| if case % 5 == 0 { 0.0 } else { x.max(0.0) })
+                .collect();
+            let max = [127, 255][rng.below(2)];
+            let patch = window.patch_len();
+            let mut pixel_max = vec![0.0; window.height * window.width];
+            quantize::maxima(&input, window.channels, &mut pixel_max);
+            let mut out = vec![7u8; window.rows() * patch];
+            let mut scales = vec![-1.0; window.rows()];
+            let split = rng.below(window.rows() + 1);
+            let (head, tail) = out.split_at_mut(split * patch);
+            let (head_scales, tail_scales) = scales.split_at_mut(split);
+            window.lower_quantized(&input, &pixel_max, 0, max, head, head_scales);
+            window.lower_quantized(&input, &pixel_max, split, max, tail, tail_scales);
+
+            let reference = window.lower_reference(&input);
+            for (row, (bytes, &scale)) in reference
+                .chunks_exact(patch)
+                .zip(out.chunks_exact(patch).zip(&scales))
+            {
+                let largest = quantize::max_value(row);
+                let mut expected = vec![0u8; patch];
+                let expected_scale = if largest > 0.0 {
+                    let scale = largest / max as f32;
+                    quantize::quantize(row, 1.0 / scale, max, &mut expected);
+                    scale
+                } else {
+                    0.0
+                };
+                assert_eq!(scale, expected_scale, "{window:?}");
+                assert_eq!(bytes, expected, "{window:?}");
+            }
         }
     }
 

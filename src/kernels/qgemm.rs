@@ -44,13 +44,26 @@ impl PackedWeights {
     /// Packs row-major `K x N` i8 weights.
     pub fn pack(weights: &[i8], k: usize, n: usize) -> Self {
         assert_eq!(weights.len(), k * n, "weights are K x N");
+        Self::pack_columns(k, n, |col, column| {
+            for (kk, value) in column.iter_mut().enumerate() {
+                *value = weights[kk * n + col];
+            }
+        })
+    }
+
+    /// Packs a `K x N` matrix given column by column: `fill(col, column)` writes the `K`
+    /// values of column `col` (a convolution's kernel for one output channel).
+    pub fn pack_columns(k: usize, n: usize, mut fill: impl FnMut(usize, &mut [i8])) -> Self {
         let (quads, panels) = (k.div_ceil(4), n.div_ceil(PANEL));
         let mut data = vec![0i8; panels * quads * QUAD_BYTES];
-        for kk in 0..k {
-            for col in 0..n {
-                let (panel, lane) = (col / PANEL, col % PANEL);
-                let at = (panel * quads + kk / 4) * QUAD_BYTES + lane * 4 + kk % 4;
-                data[at] = weights[kk * n + col];
+        let mut column = vec![0i8; k];
+        for col in 0..n {
+            fill(col, &mut column);
+            let (panel, lane) = (col / PANEL, col % PANEL);
+            let base = panel * quads * QUAD_BYTES + lane * 4;
+            for (quad, values) in column.chunks(4).enumerate() {
+                let at = base + quad * QUAD_BYTES;
+                data[at..at + values.len()].copy_from_slice(values);
             }
         }
         Self {

@@ -123,6 +123,11 @@ impl ConvBn {
         &self.conv
     }
 
+    /// The convolution's tensor-name prefix (`layer1.0.conv1`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The BatchNorm, unless it was folded into the convolution.
     pub fn bn(&self) -> Option<&BatchNorm> {
         self.bn.as_ref()

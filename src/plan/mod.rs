@@ -15,24 +15,36 @@ use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
 use rayon::prelude::*;
 
 use crate::kernels::{pool, quantize, Threads};
-use crate::weights::int8::{quantize_channels, ChannelAxis};
+use crate::weights::int8::{quantize_channels, ChannelAxis, Int8Kernel};
 
 /// One image's activations, height x width x channels, channels fastest.
 #[derive(Debug, Default)]
 pub struct FeatureMap {
-    pub data: Vec<f32>,
+    /// At least `height * width * channels` values: the buffers of a forward pass take
+    /// every layer's shape in turn, and keeping the largest one saves refilling memory
+    /// at each change (zeroing them took a tenth of an int8 forward pass).
+    storage: Vec<f32>,
     pub height: usize,
     pub width: usize,
     pub channels: usize,
 }
 
 impl FeatureMap {
-    /// Reshapes in place, keeping the allocation when it is large enough.
+    /// Reshapes, keeping the allocation (and stale values) when it is large enough.
     fn reset(&mut self, height: usize, width: usize, channels: usize) {
         self.height = height;
         self.width = width;
         self.channels = channels;
-        self.data.resize(height * width * channels, 0.0);
+        prefix(&mut self.storage, height * width * channels);
+    }
+
+    pub fn data(&self) -> &[f32] {
+        &self.storage[..self.height * self.width * self.channels]
+    }
+
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        let len = self.height * self.width * self.channels;
+        &mut self.storage[..len]
     }
 
     /// Copies a `[channels, height, width]` image into NHWC order.
@@ -40,12 +52,20 @@ impl FeatureMap {
         assert_eq!(chw.len(), channels * height * width);
         self.reset(height, width, channels);
         let plane = height * width;
-        for (pixel, dst) in self.data.chunks_exact_mut(channels).enumerate() {
+        for (pixel, dst) in self.data_mut().chunks_exact_mut(channels).enumerate() {
             for (c, d) in dst.iter_mut().enumerate() {
                 *d = chw[c * plane + pixel];
             }
         }
     }
+}
+
+/// The first `len` elements of a reused buffer, growing it (never shrinking) as needed.
+fn prefix<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buffer.len() < len {
+        buffer.resize(len, T::default());
+    }
+    &mut buffer[..len]
 }
 
 /// Numeric precision of a planned layer's weights and products.
@@ -66,7 +86,7 @@ pub enum Precision {
     #[default]
     F32,
     /// i8 weights (one scale per output channel), u8 activations quantized per call
-    /// (one scale per feature map), i32 products.
+    /// (one scale per output pixel's receptive field), i32 products.
     Int8,
 }
 
@@ -97,6 +117,7 @@ pub struct Scratch {
     lowered: Vec<f32>,
     lowered_quantized: Vec<u8>,
     row_scales: Vec<f32>,
+    pixel_max: Vec<f32>,
 }
 
 /// A convolution (BatchNorm folded in) ready to run as one matrix product.
@@ -125,6 +146,69 @@ impl Conv2d {
     /// Lays out a candle convolution (`[out, in, k, k]` weights, optional bias). An int8
     /// convolution must only ever see non-negative inputs (it follows a ReLU).
     pub fn from_candle(conv: &candle_nn::Conv2d, precision: Precision) -> Result<Self> {
+        let layer = Self::geometry(conv)?;
+        let (out_channels, in_channels, kernel, _) = conv.weight().dims4()?;
+        let weights = conv
+            .weight()
+            .to_dtype(DType::F32)?
+            .permute((2, 3, 1, 0))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let weights = match precision {
+            Precision::F32 => ConvWeights::F32(weights),
+            Precision::Int8 => {
+                let (quantized, scales) =
+                    quantize_channels(&weights, out_channels, ChannelAxis::Last);
+                ConvWeights::Int8 {
+                    packed: PackedWeights::pack(
+                        &quantized,
+                        kernel * kernel * in_channels,
+                        out_channels,
+                    ),
+                    scales,
+                }
+            }
+        };
+        Ok(Self { weights, ..layer })
+    }
+
+    /// Lays out a stored int8 kernel (`[out, in, k, k]`, one scale per output channel) for
+    /// the convolution `conv` describes (geometry and bias; its own weights are not read):
+    /// the same layer as [`Self::from_candle`] gives at int8 from the dequantized kernel,
+    /// without ever holding it in f32.
+    pub fn from_int8(conv: &candle_nn::Conv2d, kernel: Int8Kernel) -> Result<Self> {
+        let layer = Self::geometry(conv)?;
+        let (out_channels, in_channels, size) =
+            (layer.out_channels, layer.in_channels, layer.kernel);
+        ensure!(
+            kernel.axis == ChannelAxis::First && kernel.shape == conv.weight().dims(),
+            "an int8 kernel of shape {:?} (channels {:?}) for a convolution of shape {:?}",
+            kernel.shape,
+            kernel.axis,
+            conv.weight().dims()
+        );
+        // Column `out` of the product is [ky, kx, in]; the kernel stores [in, ky, kx].
+        let taps = size * size;
+        let packed =
+            PackedWeights::pack_columns(taps * in_channels, out_channels, |out, column| {
+                let stored = &kernel.values[out * in_channels * taps..][..in_channels * taps];
+                for (input, per_input) in stored.chunks_exact(taps).enumerate() {
+                    for (tap, &value) in per_input.iter().enumerate() {
+                        column[tap * in_channels + input] = value;
+                    }
+                }
+            });
+        Ok(Self {
+            weights: ConvWeights::Int8 {
+                packed,
+                scales: kernel.scales.to_vec(),
+            },
+            ..layer
+        })
+    }
+
+    /// A layer with `conv`'s geometry and bias, and no weights yet.
+    fn geometry(conv: &candle_nn::Conv2d) -> Result<Self> {
         let config = conv.config();
         ensure!(
             config.groups == 1 && config.dilation == 1,
@@ -132,26 +216,9 @@ impl Conv2d {
         );
         let (out_channels, in_channels, kh, kw) = conv.weight().dims4()?;
         ensure!(kh == kw, "square kernels only, got {kh}x{kw}");
-        let weights = conv
-            .weight()
-            .to_dtype(DType::F32)?
-            .permute((2, 3, 1, 0))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let bias = match conv.bias() {
             Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             None => vec![0.0; out_channels],
-        };
-        let weights = match precision {
-            Precision::F32 => ConvWeights::F32(weights),
-            Precision::Int8 => {
-                let (quantized, scales) =
-                    quantize_channels(&weights, out_channels, ChannelAxis::Last);
-                ConvWeights::Int8 {
-                    packed: PackedWeights::pack(&quantized, kh * kh * in_channels, out_channels),
-                    scales,
-                }
-            }
         };
         Ok(Self {
             in_channels,
@@ -159,7 +226,7 @@ impl Conv2d {
             kernel: kh,
             stride: config.stride,
             padding: config.padding,
-            weights,
+            weights: ConvWeights::F32(Vec::new()),
             bias,
         })
     }
@@ -194,7 +261,7 @@ impl Conv2d {
         output.reset(window.out_height(), window.out_width(), self.out_channels);
         let shortcut = match epilogue {
             Epilogue::AddRelu(shortcut) => {
-                assert_eq!(shortcut.len(), output.data.len(), "shortcut shape");
+                assert_eq!(shortcut.len(), output.data().len(), "shortcut shape");
                 Some(shortcut)
             }
             _ => None,
@@ -220,7 +287,7 @@ impl Conv2d {
             ConvWeights::F32(weights) => {
                 let band = |first_row: usize, out: &mut [f32], lowered: &mut [f32]| {
                     let band_rows = out.len() / n;
-                    let a = window.lowered_band(&input.data, first_row, band_rows, lowered);
+                    let a = window.lowered_band(input.data(), first_row, band_rows, lowered);
                     start_band(first_row, out);
                     MatMul {
                         m: band_rows,
@@ -236,7 +303,7 @@ impl Conv2d {
                     }
                 };
                 let lowered = lowered_bands(&mut scratch.lowered, &window, rows_per_band);
-                run_bands(&mut output.data, rows_per_band, n, lowered, band);
+                run_bands(output.data_mut(), rows_per_band, n, lowered, band);
             }
             ConvWeights::Int8 { packed, scales } => {
                 // Dynamic per-row quantization: each lowered row (one output pixel's
@@ -244,19 +311,41 @@ impl Conv2d {
                 // products exactly; one scale per feature map lost 1.6 % of top-1
                 // agreement with f32 on the ImageNet sample.
                 let kernel = qgemm::kernel();
+                let Scratch {
+                    lowered_quantized,
+                    row_scales,
+                    pixel_max,
+                    ..
+                } = scratch;
+                let pixel_max = prefix(pixel_max, input.height * input.width);
+                let channels = input.channels;
+                if bands == 1 {
+                    quantize::maxima(input.data(), channels, pixel_max);
+                } else {
+                    let per_band = pixel_max.len().div_ceil(bands);
+                    pixel_max
+                        .par_chunks_mut(per_band)
+                        .zip(input.data().par_chunks(per_band * channels))
+                        .for_each(|(out, pixels)| quantize::maxima(pixels, channels, out));
+                }
+                let pixel_max: &[f32] = pixel_max;
+                let buffers: Vec<_> = prefix(lowered_quantized, rows * patch)
+                    .chunks_mut(rows_per_band * patch)
+                    .zip(prefix(row_scales, rows).chunks_mut(rows_per_band))
+                    .collect();
                 let band =
                     |first_row: usize,
                      out: &mut [f32],
-                     (lowered, quantized, row_scales): Int8BandBuffers| {
+                     (quantized, row_scales): (&mut [u8], &mut [f32])| {
                         let band_rows = out.len() / n;
-                        let a = window.lowered_band(&input.data, first_row, band_rows, lowered);
-                        for ((row, q), scale) in a
-                            .chunks_exact(patch)
-                            .zip(quantized.chunks_exact_mut(patch))
-                            .zip(row_scales.iter_mut())
-                        {
-                            *scale = quantize_row(row, kernel.max_activation, q);
-                        }
+                        window.lower_quantized(
+                            input.data(),
+                            pixel_max,
+                            first_row,
+                            kernel.max_activation,
+                            quantized,
+                            row_scales,
+                        );
                         start_band(first_row, out);
                         let product = QMatMul {
                             m: band_rows,
@@ -271,28 +360,11 @@ impl Conv2d {
                             pool::relu(out);
                         }
                     };
-                let Scratch {
-                    lowered,
-                    lowered_quantized,
-                    row_scales,
-                } = scratch;
-                lowered_quantized.resize(rows * patch, 0);
-                row_scales.resize(rows, 0.0);
-                let buffers: Vec<Int8BandBuffers> = lowered_bands(lowered, &window, rows_per_band)
-                    .into_iter()
-                    .zip(lowered_quantized.chunks_mut(rows_per_band * patch))
-                    .zip(row_scales.chunks_mut(rows_per_band))
-                    .map(|((lowered, quantized), row_scales)| (lowered, quantized, row_scales))
-                    .collect();
-                run_bands(&mut output.data, rows_per_band, n, buffers, band);
+                run_bands(output.data_mut(), rows_per_band, n, buffers, band);
             }
         }
     }
 }
-
-/// One int8 band's scratch: lowered f32 rows (empty without lowering), their quantized
-/// copy and one scale per row.
-type Int8BandBuffers<'a> = (&'a mut [f32], &'a mut [u8], &'a mut [f32]);
 
 /// One band's share of the lowered matrix for every band of `rows_per_band` output
 /// pixels, or an empty slice per band when the window needs no lowering.
@@ -305,8 +377,7 @@ fn lowered_bands<'a>(
     if window.is_identity() {
         return (0..bands).map(|_| Default::default()).collect();
     }
-    lowered.resize(window.rows() * window.patch_len(), 0.0);
-    lowered
+    prefix(lowered, window.rows() * window.patch_len())
         .chunks_mut(rows_per_band * window.patch_len())
         .collect()
 }
@@ -338,20 +409,6 @@ fn run_bands<S: Send>(
     } else {
         work.into_par_iter().for_each(run);
     }
-}
-
-/// Quantizes one row of non-negative activations to `0..=max` with its own scale, which
-/// it returns (0 for a row of zeros). Negative values, which a ReLU never lets through,
-/// clamp to 0.
-fn quantize_row(values: &[f32], max: u8, out: &mut [u8]) -> f32 {
-    let largest = quantize::max_value(values);
-    if largest <= 0.0 {
-        out.fill(0);
-        return 0.0;
-    }
-    let scale = largest / max as f32;
-    quantize::quantize(values, 1.0 / scale, max, out);
-    scale
 }
 
 /// Below this many output pixels per thread, splitting a convolution costs more than it
@@ -496,7 +553,7 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             assert_eq!((out.height, out.width, out.channels), (out_h, out_w, cout));
-            for (i, (ours, theirs)) in out.data.iter().zip(&expected).enumerate() {
+            for (i, (ours, theirs)) in out.data().iter().zip(&expected).enumerate() {
                 let theirs = (theirs + shortcut[i]).max(0.0);
                 assert!((ours - theirs).abs() < 1e-4, "case {case}, element {i}");
             }
@@ -531,7 +588,7 @@ mod tests {
                     &mut scratch,
                     Threads(1 + case % 2),
                 );
-                out.data
+                out.data().to_vec()
             };
             let (exact, quantized) = (run(Precision::F32), run(Precision::Int8));
             let norm = exact.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -566,7 +623,7 @@ mod tests {
         let (mut out, mut scratch) = (FeatureMap::default(), Scratch::default());
         conv.forward(&x, Epilogue::Relu, &mut out, &mut scratch, Threads::ONE);
         assert!(out
-            .data
+            .data()
             .chunks(4)
             .all(|pixel| pixel == [1.0, 0.0, 3.0, 0.5]));
     }

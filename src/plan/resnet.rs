@@ -1,11 +1,12 @@
 //! The ResNet plan: [`crate::models::resnet::ResNet`] compiled for inference.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::{Arena, Conv2d, Dense, Epilogue, FeatureMap, Precision, Scratch};
 use crate::kernels::im2col::Window;
 use crate::kernels::{pool, Threads};
 use crate::models::resnet::{Bottleneck, ConvBn, ResNet};
+use crate::weights::int8::Int8Weights;
 
 #[derive(Debug)]
 struct BottleneckPlan {
@@ -45,15 +46,12 @@ fn conv(layer: &ConvBn, precision: Precision) -> Result<Conv2d> {
 
 impl BottleneckPlan {
     /// Every convolution of a block reads a ReLU's output, so all of them can be int8.
-    fn new(block: &Bottleneck, precision: Precision) -> Result<Self> {
+    fn new(block: &Bottleneck, conv: &impl Fn(&ConvBn) -> Result<Conv2d>) -> Result<Self> {
         Ok(Self {
-            reduce: conv(block.reduce(), precision)?,
-            spatial: conv(block.spatial(), precision)?,
-            expand: conv(block.expand(), precision)?,
-            downsample: block
-                .downsample()
-                .map(|layer| conv(layer, precision))
-                .transpose()?,
+            reduce: conv(block.reduce())?,
+            spatial: conv(block.spatial())?,
+            expand: conv(block.expand())?,
+            downsample: block.downsample().map(conv).transpose()?,
         })
     }
 
@@ -74,9 +72,9 @@ impl BottleneckPlan {
         let shortcut: &[f32] = match &self.downsample {
             Some(downsample) => {
                 downsample.forward(x, Epilogue::Linear, shortcut, scratch, threads);
-                &shortcut.data
+                shortcut.data()
             }
-            None => &x.data,
+            None => x.data(),
         };
         // `reduced` is free again: it takes the block's output.
         self.expand.forward(
@@ -94,13 +92,39 @@ impl ResNetPlan {
     /// Compiles a ResNet whose BatchNorms are folded. With int8, the stem (whose input
     /// is signed) and the classifier (1 % of the work) stay f32.
     pub fn new(model: &ResNet, precision: Precision) -> Result<Self> {
+        Self::build(model, |layer| conv(layer, precision))
+    }
+
+    /// Compiles a folded ResNet at int8 with the blocks' kernels as `weights` store them
+    /// (the model may hold placeholders for them: see
+    /// [`Int8Weights::with_conv_placeholders`]); the stem must be stored in f32.
+    pub fn from_int8(model: &ResNet, weights: &Int8Weights) -> Result<Self> {
+        let kernel_of = |layer: &ConvBn| {
+            let name = format!("{}.weight", layer.name());
+            weights.kernel(&name).map(|kernel| (name, kernel))
+        };
+        if let Some((name, _)) = kernel_of(model.stem()) {
+            bail!("the int8 weights store the stem {name} in int8: it runs in f32 and needs its f32 kernel");
+        }
+        Self::build(model, |layer| {
+            let (name, kernel) = kernel_of(layer).with_context(|| {
+                format!(
+                    "the int8 weights have no int8 kernel {}.weight",
+                    layer.name()
+                )
+            })?;
+            Conv2d::from_int8(layer.conv(), kernel).with_context(|| format!("tensor {name}"))
+        })
+    }
+
+    fn build(model: &ResNet, block_conv: impl Fn(&ConvBn) -> Result<Conv2d>) -> Result<Self> {
         Ok(Self {
             stem: conv(model.stem(), Precision::F32)?,
             blocks: model
                 .stages()
                 .iter()
                 .flatten()
-                .map(|block| BottleneckPlan::new(block, precision))
+                .map(|block| BottleneckPlan::new(block, &block_conv))
                 .collect::<Result<_>>()?,
             fc: model.fc().map(Dense::from_candle).transpose()?,
             feature_dim: model.config().feature_dim(),
@@ -154,12 +178,12 @@ impl ResNetPlan {
                 padding: 1,
             };
             ws.x.reset(window.out_height(), window.out_width(), window.channels);
-            pool::max_pool(&window, &ws.spatial.data, &mut ws.x.data);
+            pool::max_pool(&window, ws.spatial.data(), ws.x.data_mut());
             for block in &self.blocks {
                 block.forward(ws, threads);
             }
             ws.pooled.resize(ws.x.channels, 0.0);
-            pool::global_average(&ws.x.data, ws.x.channels, &mut ws.pooled);
+            pool::global_average(ws.x.data(), ws.x.channels, &mut ws.pooled);
             match &self.fc {
                 Some(fc) if classify => fc.forward(&ws.pooled, threads),
                 _ => ws.pooled.clone(),
@@ -228,6 +252,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The plan built from stored int8 kernels (on a structure holding placeholders) is the
+    /// plan built from their dequantized values, and an int8 stem is refused.
+    #[test]
+    fn stored_int8_kernels_plan_like_their_dequantized_values() {
+        use crate::weights::int8::{ChannelAxis, Int8Weights};
+        use crate::weights::CheckedWeights;
+        let folded = small_resnet(Variant::V1).fold_batch_norm().unwrap();
+        let config = folded.config().clone();
+        let quantize = |exact: &[&str]| {
+            let tensors = folded.folded_tensors().unwrap();
+            Int8Weights::quantize(tensors, ChannelAxis::First, exact, Default::default()).unwrap()
+        };
+        let build = |tensors| {
+            CheckedWeights::from_tensors(std::path::Path::new("test"), tensors)
+                .build(|vb| ResNet::new_folded(&config, vb))
+                .unwrap()
+        };
+        let weights = quantize(&["conv1.weight"]);
+        let dequantized = build(weights.dequantized().unwrap());
+        let expected = ResNetPlan::new(&dequantized, Precision::Int8).unwrap();
+        let structure = build(weights.with_conv_placeholders().unwrap());
+        let planned = ResNetPlan::from_int8(&structure, &weights).unwrap();
+        let chw: Vec<f32> = (0..3 * 41 * 33).map(|i| (i as f32 * 0.7).sin()).collect();
+        let (ours, theirs) = (
+            planned.forward(&chw, 41, 33, Threads(2)),
+            expected.forward(&chw, 41, 33, Threads(2)),
+        );
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+
+        let all_int8 = quantize(&[]);
+        let structure = build(all_int8.with_conv_placeholders().unwrap());
+        let error = ResNetPlan::from_int8(&structure, &all_int8).unwrap_err();
+        assert!(error.to_string().contains("stem conv1.weight"), "{error}");
     }
 
     #[test]

@@ -140,6 +140,16 @@ impl Stored {
     }
 }
 
+/// One stored int8 kernel, borrowed for a plan to lay out.
+#[derive(Debug, Clone, Copy)]
+pub struct Int8Kernel<'a> {
+    pub values: &'a [i8],
+    pub shape: &'a [usize],
+    /// One per output channel.
+    pub scales: &'a [f32],
+    pub axis: ChannelAxis,
+}
+
 /// A model's tensors at int8: see the module documentation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int8Weights {
@@ -221,6 +231,45 @@ impl Int8Weights {
         self.tensors
             .iter()
             .map(|(name, stored)| Ok((name.clone(), stored.dequantize()?)))
+            .collect()
+    }
+
+    /// The int8 kernel stored under `name` (`None` if there is none, or it is f32).
+    pub fn kernel(&self, name: &str) -> Option<Int8Kernel<'_>> {
+        match self.tensors.get(name)? {
+            Stored::Int8 {
+                values,
+                shape,
+                scales,
+                axis,
+            } => Some(Int8Kernel {
+                values,
+                shape,
+                scales,
+                axis: *axis,
+            }),
+            Stored::F32 { .. } => None,
+        }
+    }
+
+    /// Every tensor for a network's constructor, like [`Self::dequantized`], except that
+    /// int8 convolution kernels (rank 4) become zero placeholders of their shape that
+    /// hold no memory: the constructor checks names and shapes, and an inference plan then
+    /// takes those kernels from [`Self::kernel`] as they are stored. A network built on
+    /// these tensors must not run by itself.
+    pub fn with_conv_placeholders(&self) -> Result<HashMap<String, Tensor>> {
+        self.tensors
+            .iter()
+            .map(|(name, stored)| {
+                let tensor = match stored {
+                    Stored::Int8 { shape, .. } if shape.len() == 4 => {
+                        Tensor::zeros((), DType::F32, &Device::Cpu)?
+                            .broadcast_as(shape.as_slice())?
+                    }
+                    _ => stored.dequantize()?,
+                };
+                Ok((name.clone(), tensor))
+            })
             .collect()
     }
 
