@@ -6,6 +6,7 @@
 # forward of one image (the forward is over 98 % of it).
 #
 #   bench/insncount.sh [RESULTS.md]     (default bench/results/insncount.md)
+#   TARGETS=aarch64 CPUS="cortex-a53 cortex-a76" bench/insncount.sh   (a subset)
 #
 # Needs the static binaries (`make static`), qemu-user and a C compiler for the
 # counting plugin (../shared/tools/qemu-insncount).
@@ -45,6 +46,8 @@ instructions() { sed -n 's/.*guest_insns=\([0-9]*\).*/\1/p' "$log"; }
         "qemu-arm cortex-a7 dist/armv7-unknown-linux-gnueabihf-static/classify armv7"; do
         set -- $config
         qemu=$1 cpu=$2 binary=$3 target=$4
+        case " ${TARGETS:-aarch64 armv7} " in *" $target "*) ;; *) continue ;; esac
+        case " ${CPUS:-$cpu} " in *" $cpu "*) ;; *) continue ;; esac
         for precision in f32 int8; do
             run "$qemu" "$cpu" "$binary" "$precision" 1
             one=$(instructions)

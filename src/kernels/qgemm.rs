@@ -485,16 +485,26 @@ mod neon {
                     break;
                 }
                 let cols = (n - first).min(GROUP);
-                for_row_tiles!(p.m, 4, |row, TILE| tile::<TILE, DOT>(
-                    p,
-                    row,
-                    k,
-                    &b[group * GROUP * 4..],
-                    &mut c[row * n + first..],
-                    n,
-                    &p.scale[first..],
-                    cols
-                ));
+                macro_rules! tiles {
+                    ($rows:literal) => {
+                        for_row_tiles!(p.m, $rows, |row, TILE| tile::<TILE, DOT>(
+                            p,
+                            row,
+                            k,
+                            &b[group * GROUP * 4..],
+                            &mut c[row * n + first..],
+                            n,
+                            &p.scale[first..],
+                            cols
+                        ))
+                    };
+                }
+                // `sdot` needs two accumulators per row, the widening path four.
+                if DOT {
+                    tiles!(8)
+                } else {
+                    tiles!(4)
+                }
             }
         }
     }
@@ -513,9 +523,55 @@ mod neon {
         acc
     }
 
+    /// [`sdot`] with the four activation bytes taken from lane `LANE` of `a`, so four
+    /// k-quads of a row come from one load.
+    #[inline(always)]
+    unsafe fn sdot_lane<const LANE: i32>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {b:v}.16b, {a:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            b = in(vreg) b,
+            a = in(vreg) a,
+            lane = const LANE,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        acc
+    }
+
+    /// One k-quad of eight columns (`b`) for `MR` rows, each row's quad given as an i32.
+    #[inline(always)]
+    unsafe fn quad_step<const MR: usize, const DOT: bool>(
+        acc: &mut [[int32x4_t; 4]; MR],
+        b: *const i8,
+        quads: [i32; MR],
+    ) {
+        let (b0, b1) = (vld1q_s8(b), vld1q_s8(b.add(16)));
+        for r in 0..MR {
+            let a = vreinterpretq_s8_s32(vdupq_n_s32(quads[r]));
+            if DOT {
+                acc[r][0] = sdot(acc[r][0], a, b0);
+                acc[r][1] = sdot(acc[r][1], a, b1);
+            } else {
+                widening_step(&mut acc[r], a, b0, b1);
+            }
+        }
+    }
+
+    /// `smull` + `sadalp` for one row: `a` holds the row's quad in every lane.
+    #[inline(always)]
+    unsafe fn widening_step(acc: &mut [int32x4_t; 4], a: int8x16_t, b0: int8x16_t, b1: int8x16_t) {
+        let a_low = vget_low_s8(a);
+        acc[0] = vpadalq_s16(acc[0], vmull_s8(a_low, vget_low_s8(b0)));
+        acc[1] = vpadalq_s16(acc[1], vmull_high_s8(a, b0));
+        acc[2] = vpadalq_s16(acc[2], vmull_s8(a_low, vget_low_s8(b1)));
+        acc[3] = vpadalq_s16(acc[3], vmull_high_s8(a, b1));
+    }
+
     /// One tile: `MR` rows x eight columns. Without `DOT`, each accumulator lane holds
     /// half a column's sum (`smull` then `sadalp` add products in pairs) and the halves
-    /// are added at the end; with it, `sdot` gives whole column sums.
+    /// are added at the end; with it, `sdot` gives whole column sums. Activations are
+    /// 0..=127, so as i8 they keep their value.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const MR: usize, const DOT: bool>(
@@ -532,37 +588,41 @@ mod neon {
         let mut acc = [[vdupq_n_s32(0); 4]; MR];
         let bp = b.as_ptr();
         let full_quads = k / 4;
-        let mut quad_step = |q: usize, quads: [i32; MR]| {
-            let b0 = vld1q_s8(bp.add(q * QUAD_BYTES));
-            let b1 = vld1q_s8(bp.add(q * QUAD_BYTES + 16));
-            for r in 0..MR {
-                // Activations are 0..=127: as i8 they keep their value.
-                let a = vreinterpretq_s8_s32(vdupq_n_s32(quads[r]));
-                if DOT {
-                    acc[r][0] = sdot(acc[r][0], a, b0);
-                    acc[r][1] = sdot(acc[r][1], a, b1);
-                } else {
-                    let a_low = vget_low_s8(a);
-                    acc[r][0] = vpadalq_s16(acc[r][0], vmull_s8(a_low, vget_low_s8(b0)));
-                    acc[r][1] = vpadalq_s16(acc[r][1], vmull_high_s8(a, b0));
-                    acc[r][2] = vpadalq_s16(acc[r][2], vmull_s8(a_low, vget_low_s8(b1)));
-                    acc[r][3] = vpadalq_s16(acc[r][3], vmull_high_s8(a, b1));
-                }
+        // Four quads at a time: one 16-byte load per row, its lanes used in turn.
+        let mut q = 0;
+        while q + 4 <= full_quads {
+            let a: [int8x16_t; MR] =
+                std::array::from_fn(|r| vld1q_s8(rows[r].as_ptr().add(q * 4) as *const i8));
+            macro_rules! lane {
+                ($lane:literal) => {{
+                    let at = bp.add((q + $lane) * QUAD_BYTES);
+                    let (b0, b1) = (vld1q_s8(at), vld1q_s8(at.add(16)));
+                    for r in 0..MR {
+                        if DOT {
+                            acc[r][0] = sdot_lane::<$lane>(acc[r][0], b0, a[r]);
+                            acc[r][1] = sdot_lane::<$lane>(acc[r][1], b1, a[r]);
+                        } else {
+                            let quad = vdupq_laneq_s32::<$lane>(vreinterpretq_s32_s8(a[r]));
+                            widening_step(&mut acc[r], vreinterpretq_s8_s32(quad), b0, b1);
+                        }
+                    }
+                }};
             }
-        };
-        for q in 0..full_quads {
-            quad_step(
-                q,
-                std::array::from_fn(|r| {
-                    (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
-                }),
-            );
+            lane!(0);
+            lane!(1);
+            lane!(2);
+            lane!(3);
+            q += 4;
+        }
+        for q in q..full_quads {
+            let quads = std::array::from_fn(|r| {
+                (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
+            });
+            quad_step::<MR, DOT>(&mut acc, bp.add(q * QUAD_BYTES), quads);
         }
         if !k.is_multiple_of(4) {
-            quad_step(
-                full_quads,
-                std::array::from_fn(|r| quad_of(rows[r], full_quads)),
-            );
+            let quads = std::array::from_fn(|r| quad_of(rows[r], full_quads));
+            quad_step::<MR, DOT>(&mut acc, bp.add(full_quads * QUAD_BYTES), quads);
         }
         for (r, acc) in acc.iter().enumerate() {
             // Column sums 0..4 and 4..8.
