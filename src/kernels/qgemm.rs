@@ -13,6 +13,8 @@
 //!   they multiply as i8;
 //! - `neon-dotprod` (Armv8.2 dot product: Pi 5's Cortex-A76): `sdot`, 16 multiply-adds
 //!   per instruction, activations 0..127 likewise; chosen only when the CPU reports it.
+//!   Both NEON kernels load 16 activation bytes of a row at once and use them lane by
+//!   lane (four k-quads per load; `sdot` by element), `sdot` on 8-row tiles.
 //!
 //! `EDGE_CPU_INT8=reference|avx2|avx512vnni|neon|neon-dotprod` forces one (tests,
 //! comparisons); a kernel the CPU lacks is refused with a warning.
