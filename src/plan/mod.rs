@@ -146,30 +146,29 @@ impl Conv2d {
     /// Lays out a candle convolution (`[out, in, k, k]` weights, optional bias). An int8
     /// convolution must only ever see non-negative inputs (it follows a ReLU).
     pub fn from_candle(conv: &candle_nn::Conv2d, precision: Precision) -> Result<Self> {
+        let weight = conv.weight().to_dtype(DType::F32)?;
+        if precision == Precision::Int8 {
+            // Quantized as stored ([out, in, k, k]), then laid out like a stored kernel.
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            let (quantized, scales) =
+                quantize_channels(&values, weight.dim(0)?, ChannelAxis::First);
+            let kernel = Int8Kernel {
+                values: &quantized,
+                shape: weight.dims(),
+                scales: &scales,
+                axis: ChannelAxis::First,
+            };
+            return Self::from_int8(conv, kernel);
+        }
         let layer = Self::geometry(conv)?;
-        let (out_channels, in_channels, kernel, _) = conv.weight().dims4()?;
-        let weights = conv
-            .weight()
-            .to_dtype(DType::F32)?
+        let weights = weight
             .permute((2, 3, 1, 0))?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let weights = match precision {
-            Precision::F32 => ConvWeights::F32(weights),
-            Precision::Int8 => {
-                let (quantized, scales) =
-                    quantize_channels(&weights, out_channels, ChannelAxis::Last);
-                ConvWeights::Int8 {
-                    packed: PackedWeights::pack(
-                        &quantized,
-                        kernel * kernel * in_channels,
-                        out_channels,
-                    ),
-                    scales,
-                }
-            }
-        };
-        Ok(Self { weights, ..layer })
+        Ok(Self {
+            weights: ConvWeights::F32(weights),
+            ..layer
+        })
     }
 
     /// Lays out a stored int8 kernel (`[out, in, k, k]`, one scale per output channel) for
