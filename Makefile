@@ -5,8 +5,9 @@
 #   make stage     dist/image/: the images' build context, a root filesystem per architecture
 #   make images    the three images with buildah (offline), tagged $(IMAGE):$(VERSION)-<arch>
 #   make test-images  builds them, checks their configuration and runs each one
-#   make test-arm  the unit tests, golden logits and int8 checks on aarch64 under qemu,
-#                  on CPU models without (Pi 3, Pi 4) and with (Pi 5) the dot product
+#   make test-arm  the unit tests, golden logits and int8 checks under qemu: aarch64 on
+#                  CPU models without (Pi 3, Pi 4) and with (Pi 5) the dot product, armv7
+#                  on Cortex-A7 (Pi 2) and Cortex-A15
 #
 # Needs: rustup targets (`make targets`), Debian's gcc-aarch64-linux-gnu,
 # gcc-arm-linux-gnueabihf, gcc-mingw-w64-x86-64 and qemu-user (linkers and runners are
@@ -31,10 +32,9 @@ BINARY_armv7 := dist/$(ARMV7_STATIC)/classify
 ARCHES ?= amd64 arm64 armv7
 
 # What the images serve: the manifest and the files it names (not the training records).
-# amd64 carries both precisions and serves f32. arm64 carries only the int8 weights and
-# serves them (NEON int8 kernels; a small image for SD cards and slow links). armv7
-# carries f32 and serves it: until it has its own NEON kernels, its int8 products run
-# the portable kernel, 5x the instructions of f32 there (bench/results/insncount.md).
+# amd64 carries both precisions and serves f32. The ARM images carry only the int8
+# weights and serve them (NEON int8 kernels on both; a quarter of the memory of f32 and a
+# small image for SD cards and slow links).
 WEIGHTS_COMMON := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-head.safetensors
 WEIGHTS_INT8 := resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
 WEIGHTS_F32 := resnet50.safetensors catsdogs-cnn.safetensors
@@ -69,7 +69,7 @@ dist/$(WINDOWS_TARGET)/classify.exe: FORCE
 	install -D -m 0755 target/$(WINDOWS_TARGET)/$(PROFILE)/classify.exe $@
 
 # An image's root filesystem: /function/classify, /function/weights/, a world-writable
-# /tmp for the lock file. The arm64 manifest starts with `precision = "int8"`.
+# /tmp for the lock file. The ARM manifests start with `precision = "int8"`.
 stage: $(foreach a,$(ARCHES),$(BINARY_$(a)))
 	rm -rf dist/image
 	install -D -m 0644 Dockerfile dist/image/Dockerfile
@@ -78,7 +78,7 @@ stage: $(foreach a,$(ARCHES),$(BINARY_$(a)))
 		case $$arch in \
 			amd64) binary=$(BINARY_amd64); weights="$(WEIGHTS_INT8) $(WEIGHTS_F32)"; precision= ;; \
 			arm64) binary=$(BINARY_arm64); weights="$(WEIGHTS_INT8)"; precision=int8 ;; \
-			armv7) binary=$(BINARY_armv7); weights="$(WEIGHTS_F32)"; precision= ;; \
+			armv7) binary=$(BINARY_armv7); weights="$(WEIGHTS_INT8)"; precision=int8 ;; \
 			*) echo "unknown arch $$arch" >&2; exit 1 ;; esac; \
 		install -d -m 0755 $$root/function/weights; \
 		install -d -m 1777 $$root/tmp; \
@@ -116,29 +116,37 @@ test-images: images
 # CPU model -> the int8 kernels it must offer and lack (a detection that silently fell
 # back would otherwise test the portable kernel three times).
 ARM_CPUS ?= cortex-a53 cortex-a72 cortex-a76
+ARMV7_CPUS ?= cortex-a7 cortex-a15
 EXPECT_cortex-a53 := neon
 EXPECT_cortex-a72 := neon
 EXPECT_cortex-a76 := neon,neon-dotprod
 ABSENT_cortex-a53 := neon-dotprod
 ABSENT_cortex-a72 := neon-dotprod
+EXPECT_cortex-a7 := neon-armv7
+EXPECT_cortex-a15 := neon-armv7
 ARM_TEST := $(CARGO) test --locked --target aarch64-unknown-linux-gnu
+ARMV7_TEST := $(CARGO) test --locked --target armv7-unknown-linux-gnueabihf
 # The integration tests that check the numbers: golden logits (f32 within 1e-3 of
 # PyTorch) and int8 (file = quantized at load, near f32). The rest exercise the server
 # and the CLI, not the arithmetic, and take minutes each under emulation.
 ARM_INTEGRATION := reference::logits_match_the_golden_vectors quantize::the_int8_file_is
 
 # One CPU model's run: the runner picks the model, the variables what it must offer.
+# $(1) target triple, $(2) its cargo test command, $(3) qemu, $(4) sysroot, $(5) CPU.
 define arm_test
-	@echo "== aarch64 on $(1)"
-	EDGE_EXPECT_INT8_KERNELS=$(EXPECT_$(1)) EDGE_ABSENT_INT8_KERNELS=$(ABSENT_$(1)) \
-	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $(1)" \
-		sh -c '$(ARM_TEST) --lib -q && $(ARM_TEST) --test tests -q -- $(ARM_INTEGRATION)'
+	@echo "== $(1) on $(5)"
+	EDGE_EXPECT_INT8_KERNELS=$(EXPECT_$(5)) EDGE_ABSENT_INT8_KERNELS=$(ABSENT_$(5)) \
+	CARGO_TARGET_$(call runner_var,$(1))_RUNNER="$(3) -L $(4) -cpu $(5)" \
+		sh -c '$(2) --lib -q && $(2) --test tests -q -- $(ARM_INTEGRATION)'
 
 endef
+runner_var = $(shell echo $(1) | tr 'a-z-' 'A-Z_')
 
 test-arm:
 	$(ARM_TEST) --lib --test tests --no-run
-	$(foreach cpu,$(ARM_CPUS),$(call arm_test,$(cpu)))
+	$(ARMV7_TEST) --lib --test tests --no-run
+	$(foreach cpu,$(ARM_CPUS),$(call arm_test,aarch64-unknown-linux-gnu,$(ARM_TEST),qemu-aarch64,/usr/aarch64-linux-gnu,$(cpu)))
+	$(foreach cpu,$(ARMV7_CPUS),$(call arm_test,armv7-unknown-linux-gnueabihf,$(ARMV7_TEST),qemu-arm,/usr/arm-linux-gnueabihf,$(cpu)))
 
 clean-dist:
 	rm -rf dist

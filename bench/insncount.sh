@@ -9,7 +9,9 @@
 #   TARGETS=aarch64 CPUS="cortex-a53 cortex-a76" bench/insncount.sh   (a subset)
 #
 # Needs the static binaries (`make static`), qemu-user and a C compiler for the
-# counting plugin (../shared/tools/qemu-insncount).
+# counting plugin (../shared/tools/qemu-insncount). With bench/tract built for the same
+# targets (`bench/tract/build.sh`) and our ResNet-50 exported to ONNX
+# (bench/.work/resnet50.onnx, by bench/peers.sh), tract's count comes next to ours.
 set -eu
 cd "$(dirname "$0")/.."
 out=${1:-bench/results/insncount.md}
@@ -34,18 +36,25 @@ run() { # qemu cpu binary precision copies
         "$binary" --manifest "$weights" predict --precision "$precision" "$@" 2>"$log" >/dev/null
 }
 instructions() { sed -n 's/.*guest_insns=\([0-9]*\).*/\1/p' "$log"; }
+onnx=bench/.work/resnet50.onnx
+# tract's forwards: `iters` timed runs after none of warm-up, the same subtraction.
+run_tract() { # qemu cpu binary iters
+    taskset -c 0 "$1" -cpu "$2" -plugin "$plugin" "$3" "$onnx" --iters "$4" --warmup 0 \
+        2>"$log" >/dev/null
+}
+per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
 
 {
     echo "| target | CPU model | precision | int8 kernel | instructions per image |"
 
     echo "| --- | --- | --- | --- | --- |"
     for config in \
-        "qemu-aarch64 cortex-a53 dist/aarch64-unknown-linux-musl/classify aarch64" \
-        "qemu-aarch64 cortex-a72 dist/aarch64-unknown-linux-musl/classify aarch64" \
-        "qemu-aarch64 cortex-a76 dist/aarch64-unknown-linux-musl/classify aarch64" \
-        "qemu-arm cortex-a7 dist/armv7-unknown-linux-gnueabihf-static/classify armv7"; do
+        "qemu-aarch64 cortex-a53 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
+        "qemu-aarch64 cortex-a72 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
+        "qemu-aarch64 cortex-a76 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
+        "qemu-arm cortex-a7 dist/armv7-unknown-linux-gnueabihf-static/classify armv7 armv7-unknown-linux-gnueabihf"; do
         set -- $config
-        qemu=$1 cpu=$2 binary=$3 target=$4
+        qemu=$1 cpu=$2 binary=$3 target=$4 triple=$5
         case " ${TARGETS:-aarch64 armv7} " in *" $target "*) ;; *) continue ;; esac
         case " ${CPUS:-$cpu} " in *" $cpu "*) ;; *) continue ;; esac
         for precision in f32 int8; do
@@ -57,7 +66,16 @@ instructions() { sed -n 's/.*guest_insns=\([0-9]*\).*/\1/p' "$log"; }
             three=$(instructions)
             per_image=$(( (three - one) / 2 ))
             printf '| %s | %s | %s | %s | %s |\n' "$target" "$cpu" "$precision" "$kernel" \
-                "$(awk -v n="$per_image" 'BEGIN { printf "%.2fe9", n / 1e9 }')"
+                "$(per_image "$per_image")"
         done
+        tract=bench/tract/target/$triple/release/tract-peer
+        if [ -x "$tract" ] && [ -f "$onnx" ]; then
+            run_tract "$qemu" "$cpu" "$tract" 1
+            one=$(instructions)
+            run_tract "$qemu" "$cpu" "$tract" 3
+            three=$(instructions)
+            printf '| %s | %s | tract f32 | - | %s |\n' "$target" "$cpu" \
+                "$(per_image $(( (three - one) / 2 )))"
+        fi
     done
 } | tee "$out"

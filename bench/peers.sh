@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side with the peers on this machine: `classify bench` (f32, int8) against ONNX
-# Runtime (fp32, int8 static QDQ) running our own weights, exported from the safetensors.
+# Runtime (fp32, int8 static QDQ) and tract (f32, one thread: bench/tract, its own crate)
+# running our own weights, exported from the safetensors.
 # Interleaved round by round; medians and ratios go to bench/results/peers.md.
 #   bench/peers.sh [ROUNDS] [ITERS]
 set -euo pipefail
@@ -17,6 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q onnxruntime onnx numpy safetensors pillow sympy
 fi
 cargo build --release --quiet
+(cd bench/tract && cargo build --locked --release --quiet)
 [ -f "$WORK/resnet50.onnx" ] ||
   "$VENV/bin/python" bench/peers/export_onnx.py weights/resnet50.safetensors "$WORK/resnet50.onnx"
 [ -f "$WORK/resnet50-int8.onnx" ] ||
@@ -34,6 +36,9 @@ for round in $(seq "$ROUNDS"); do
       --iters "$ITERS" --name "onnxruntime f32" >> "$RAW"
     "$VENV/bin/python" bench/peers/ort_bench.py "$WORK/resnet50-int8.onnx" --threads "$threads" \
       --iters "$ITERS" --name "onnxruntime int8" >> "$RAW"
+    if [ "$threads" = 1 ]; then
+      bench/tract/target/release/tract-peer "$WORK/resnet50.onnx" --iters "$ITERS" >> "$RAW"
+    fi
   done
 done
 "$VENV/bin/python" bench/peers/table.py "$RAW" | tee bench/results/peers.md

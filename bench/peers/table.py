@@ -12,7 +12,7 @@ for line in open(sys.argv[1]):
     runs[(engine, r["threads"])].append(r["median_ms"])
     loads[engine].append(r["load_s"])
 
-engines = ["classify f32", "onnxruntime f32", "classify int8", "onnxruntime int8"]
+engines = ["classify f32", "onnxruntime f32", "tract f32", "classify int8", "onnxruntime int8"]
 peer = {"classify f32": "onnxruntime f32", "classify int8": "onnxruntime int8"}
 print("| engine | 1 thread (ms) | 2 threads (ms) | vs ONNX Runtime, 1 / 2 threads | load (s) |")
 print("| --- | --- | --- | --- | --- |")
@@ -24,6 +24,7 @@ for engine in engines:
         if engine in peer and ms and runs[(peer[engine], threads)]:
             ratios.append(f"{ms / statistics.median(runs[(peer[engine], threads)]):.2f}")
     load = statistics.median(loads[engine]) if loads[engine] else float("nan")
-    print(f"| {engine} | {cells[0]} | {cells[1]} | {' / '.join(ratios) or '1.00 (peer)'} | {load:.2f} |")
+    ratio = " / ".join(ratios) or ("1.00 (peer)" if engine in peer.values() else "-")
+    print(f"| {engine} | {cells[0]} | {cells[1]} | {ratio} | {load:.2f} |")
 rounds = len(runs[("classify f32", 1)])
 print(f"\nMedians of {rounds} interleaved rounds (ratio < 1: we are faster).")

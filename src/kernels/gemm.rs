@@ -129,9 +129,14 @@ impl MatMul<'_> {
         assert!(c.len() >= self.m * self.n, "c too short");
     }
 
-    /// `c += a * b` through the `gemm` crate (run-time selected SIMD microkernels).
+    /// `c += a * b` through the `gemm` crate (run-time selected SIMD microkernels), or on
+    /// 32-bit ARM with NEON through our own kernel (the crate is scalar there).
     pub fn accumulate(&self, c: &mut [f32], threads: Threads) {
         self.check(c);
+        #[cfg(target_arch = "arm")]
+        if super::armv7::has_neon() {
+            return armv7::accumulate(self, c, threads);
+        }
         let a = View {
             data: self.a,
             rows: self.m,
@@ -152,6 +157,111 @@ impl MatMul<'_> {
                     sum += self.a[row * self.lda + i] * self.b[i * self.n + col];
                 }
                 c[row * self.n + col] += sum;
+            }
+        }
+    }
+}
+
+/// The f32 product on 32-bit ARM: 4 x 8 NEON tiles over blocks of `a` and `b` sized for
+/// the Cortex-A7/A53 caches.
+#[cfg(target_arch = "arm")]
+mod armv7 {
+    use rayon::prelude::*;
+
+    use super::MatMul;
+    use crate::kernels::armv7::{sgemm_4x8, F32Tile};
+    use crate::kernels::Threads;
+
+    const ROWS: usize = 4;
+    const COLS: usize = 8;
+    /// A block of `a` (64 rows x 256 k, 64 KB) stays in L2 while every column panel
+    /// passes over it; one panel's share of `b` (256 x 8, 8 KB) stays in L1.
+    const BLOCK_ROWS: usize = 64;
+    const BLOCK_DEPTH: usize = 256;
+
+    /// `c += a * b`; with several threads (the dense layer), bands of rows in parallel.
+    pub fn accumulate(p: &MatMul, c: &mut [f32], threads: Threads) {
+        let n = p.n;
+        if threads.get() == 1 || p.m < 2 * BLOCK_ROWS {
+            return single(p, c);
+        }
+        let rows_per_band = p.m.div_ceil(threads.get()).next_multiple_of(ROWS);
+        c[..p.m * n]
+            .par_chunks_mut(rows_per_band * n)
+            .enumerate()
+            .for_each(|(band, c)| {
+                let first_row = band * rows_per_band;
+                let band = MatMul {
+                    m: c.len() / n,
+                    n,
+                    k: p.k,
+                    a: &p.a[first_row * p.lda..],
+                    lda: p.lda,
+                    b: p.b,
+                };
+                single(&band, c)
+            });
+    }
+
+    fn single(p: &MatMul, c: &mut [f32]) {
+        let (m, n, k, lda) = (p.m, p.n, p.k, p.lda);
+        // The kernel reads eight columns of `b`: a ragged last panel is copied, zero-padded.
+        let ragged = n % COLS;
+        let padded: Vec<f32> = if ragged == 0 {
+            Vec::new()
+        } else {
+            let mut panel = vec![0.0; k * COLS];
+            for (kk, row) in panel.chunks_exact_mut(COLS).enumerate() {
+                row[..ragged].copy_from_slice(&p.b[kk * n + n - ragged..][..ragged]);
+            }
+            panel
+        };
+        for depth in (0..k).step_by(BLOCK_DEPTH) {
+            let depth_len = (k - depth).min(BLOCK_DEPTH);
+            for first_row in (0..m).step_by(BLOCK_ROWS) {
+                let block_end = (first_row + BLOCK_ROWS).min(m);
+                for col in (0..n).step_by(COLS) {
+                    let cols = (n - col).min(COLS);
+                    let (b, ldb) = if cols == COLS {
+                        (&p.b[depth * n + col..], n)
+                    } else {
+                        (&padded[depth * COLS..], COLS)
+                    };
+                    for row in (first_row..block_end).step_by(ROWS) {
+                        let rows = (block_end - row).min(ROWS);
+                        // A short tile repeats its last row; only real rows are kept.
+                        let a = std::array::from_fn(|r| {
+                            p.a[(row + r.min(rows - 1)) * lda + depth..].as_ptr()
+                        });
+                        let mut tile = F32Tile {
+                            k: depth_len,
+                            a,
+                            b: b.as_ptr(),
+                            ldb: ldb * 4,
+                            c: std::ptr::null_mut(),
+                            ldc: 0,
+                        };
+                        if rows == ROWS && cols == COLS {
+                            tile.c = c[row * n + col..].as_mut_ptr();
+                            tile.ldc = n * 4;
+                            // SAFETY: NEON was checked by the caller; the rows hold
+                            // `depth + depth_len <= k` floats (`MatMul::check`), `b` has
+                            // `depth_len` rows of 8 from `col` (`col + 8 <= n`), and `c` four
+                            // rows of 8 from `col`.
+                            unsafe { sgemm_4x8(&tile) };
+                        } else {
+                            let mut out = [0.0f32; ROWS * COLS];
+                            tile.c = out.as_mut_ptr();
+                            tile.ldc = COLS * 4;
+                            // SAFETY: as above, with `out` as the four rows of `c`.
+                            unsafe { sgemm_4x8(&tile) };
+                            for (r, out) in out.chunks_exact(COLS).take(rows).enumerate() {
+                                let c = &mut c[(row + r) * n + col..][..cols];
+                                c.iter_mut().zip(out).for_each(|(c, o)| *c += o);
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 //! written as zeros (garbage there could decode to denormals and slow the product down).
 //! int8 convolutions lower and quantize in one pass ([`Window::lower_quantized`]).
 
+use super::pool::larger;
 use super::quantize;
 
 /// Geometry of a square convolution window over an NHWC image.
@@ -134,7 +135,7 @@ impl Window {
             for kx in 0..self.kernel {
                 let x = (out_x * self.stride + kx) as isize - self.padding as isize;
                 if x >= 0 && x < self.width as isize {
-                    largest = largest.max(pixel_max[y as usize * self.width + x as usize]);
+                    largest = larger(largest, pixel_max[y as usize * self.width + x as usize]);
                 }
             }
         }

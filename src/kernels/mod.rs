@@ -4,8 +4,10 @@
 //! called, and the tests compare the two on random and odd shapes. The f32 matrix product
 //! goes through the `gemm` crate, which picks AVX-512, AVX2/FMA or NEON microkernels at
 //! run time from the CPU's features; our own kernels live here only where no crate is
-//! fast enough (int8).
+//! fast enough (int8), or where the crate has no SIMD (32-bit ARM: `armv7`).
 
+#[cfg(target_arch = "arm")]
+pub mod armv7;
 pub mod gemm;
 pub mod im2col;
 pub mod pool;

@@ -15,8 +15,10 @@
 //!   per instruction, activations 0..127 likewise; chosen only when the CPU reports it.
 //!   Both NEON kernels load 16 activation bytes of a row at once and use them lane by
 //!   lane (four k-quads per load; `sdot` by element), `sdot` on 8-row tiles.
+//! - `neon-armv7` (32-bit ARM with NEON: Pi 2 and up on 32-bit Raspberry Pi OS): `vmull.s8`
+//!   + `vmlal.s8` + `vpadal.s16` in assembly (`kernels/armv7`), activations 0..127.
 //!
-//! `EDGE_CPU_INT8=reference|avx2|avx512vnni|neon|neon-dotprod` forces one (tests,
+//! `EDGE_CPU_INT8=reference|avx2|avx512vnni|neon|neon-dotprod|neon-armv7` forces one (tests,
 //! comparisons); a kernel the CPU lacks is refused with a warning.
 
 use std::sync::OnceLock;
@@ -35,7 +37,7 @@ pub struct PackedWeights {
     quads: usize,
     // Read by the SIMD kernels.
     #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")),
         allow(dead_code)
     )]
     panels: usize,
@@ -92,7 +94,7 @@ impl PackedWeights {
     }
 
     #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")),
         allow(dead_code)
     )]
     fn panel(&self, panel: usize) -> &[i8] {
@@ -169,7 +171,7 @@ fn reference(p: &QMatMul, c: &mut [f32]) {
 /// Every kernel this CPU can run, best last.
 pub fn available() -> Vec<&'static Kernel> {
     #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")),
         allow(unused_mut)
     )]
     let mut kernels = vec![&REFERENCE];
@@ -193,6 +195,10 @@ pub fn available() -> Vec<&'static Kernel> {
         if std::arch::is_aarch64_feature_detected!("dotprod") {
             kernels.push(&neon::NEON_DOTPROD);
         }
+    }
+    #[cfg(target_arch = "arm")]
+    if super::armv7::has_neon() {
+        kernels.push(&armv7::NEON);
     }
     kernels
 }
@@ -647,6 +653,94 @@ mod neon {
                 vst1q_s32(lanes.as_mut_ptr().add(4), sums[1]);
                 for col in 0..cols {
                     out[col] = (lanes[col] as f32).mul_add(scale[col] * row_scale, out[col]);
+                }
+            }
+        }
+    }
+}
+
+/// 32-bit ARM: 2 x 8 tiles of the assembly kernel (`kernels/armv7/qgemm_2x8.S`) over
+/// blocks of rows, so a block's activations stay in cache while the panels pass.
+#[cfg(target_arch = "arm")]
+mod armv7 {
+    use super::{Kernel, QMatMul, PANEL};
+    use crate::kernels::armv7::{qgemm_2x8, QTile};
+
+    pub static NEON: Kernel = Kernel {
+        name: "neon-armv7",
+        max_activation: 127,
+        run,
+    };
+
+    const ROWS: usize = 2;
+    /// Columns per tile: a panel's 32 columns in four groups of eight.
+    const GROUP: usize = 8;
+    const BLOCK_ROWS: usize = 32;
+
+    fn run(p: &QMatMul, c: &mut [f32]) {
+        let (k, n) = (p.b.k, p.b.n);
+        let quads = k.div_ceil(4);
+        // The kernel reads whole quads: rows with a ragged last one are copied, zero-padded.
+        let padded: Vec<u8>;
+        let (a, lda) = if k.is_multiple_of(4) {
+            (p.a, p.lda)
+        } else {
+            padded = (0..p.m)
+                .flat_map(|row| {
+                    let values = &p.a[row * p.lda..][..k];
+                    values
+                        .iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0, quads * 4 - k))
+                })
+                .collect();
+            (&padded[..], quads * 4)
+        };
+        for first_row in (0..p.m).step_by(BLOCK_ROWS) {
+            let block_end = (first_row + BLOCK_ROWS).min(p.m);
+            for panel in 0..p.b.panels {
+                let b = p.b.panel(panel);
+                for group in 0..PANEL / GROUP {
+                    let first = panel * PANEL + group * GROUP;
+                    if first >= n {
+                        break;
+                    }
+                    let cols = (n - first).min(GROUP);
+                    let mut scale = [0.0f32; GROUP];
+                    scale[..cols].copy_from_slice(&p.scale[first..][..cols]);
+                    for row in (first_row..block_end).step_by(ROWS) {
+                        // A short tile repeats its last row; only real rows are kept.
+                        let last = (row + ROWS).min(block_end) - 1;
+                        let row_scale = [p.row_scale[row], p.row_scale[last]];
+                        let mut tile = QTile {
+                            quads,
+                            a: [a[row * lda..].as_ptr(), a[last * lda..].as_ptr()],
+                            b: b[group * GROUP * 4..].as_ptr(),
+                            c: std::ptr::null_mut(),
+                            ldc: 0,
+                            scale: scale.as_ptr(),
+                            row_scale: row_scale.as_ptr(),
+                        };
+                        if last == row + 1 && cols == GROUP {
+                            tile.c = c[row * n + first..].as_mut_ptr();
+                            tile.ldc = n * 4;
+                            // SAFETY: listed by `available` only with NEON; both rows hold
+                            // `4 * quads` bytes (`QMatMul::check`, or the padded copy), the
+                            // panel `quads` quads, and `c` two rows of 8 from `first`.
+                            unsafe { qgemm_2x8(&tile) };
+                        } else {
+                            let mut out = [0.0f32; ROWS * GROUP];
+                            tile.c = out.as_mut_ptr();
+                            tile.ldc = GROUP * 4;
+                            // SAFETY: as above, with `out` as the two rows of `c`.
+                            unsafe { qgemm_2x8(&tile) };
+                            for (r, out) in out.chunks_exact(GROUP).take(last + 1 - row).enumerate()
+                            {
+                                let c = &mut c[(row + r) * n + first..][..cols];
+                                c.iter_mut().zip(out).for_each(|(c, o)| *c += o);
+                            }
+                        }
+                    }
                 }
             }
         }

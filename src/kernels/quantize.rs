@@ -1,7 +1,10 @@
 //! Activation quantization: the largest value of a feature map, and f32 -> u8 with one
 //! scale. Plain loops, compiled twice: for the baseline CPU and, chosen at run time, with
 //! AVX2 enabled so the compiler vectorizes them (the baseline SSE2 build converts one
-//! value at a time and took a fifth of an int8 forward pass).
+//! value at a time and took a fifth of an int8 forward pass). On 32-bit ARM with NEON the
+//! conversion is an assembly loop (`armv7`), since Rust cannot vectorize for NEON there.
+
+use super::pool::larger;
 
 /// The largest value, or 0 when none is positive.
 pub fn max_value(values: &[f32]) -> f32 {
@@ -30,6 +33,12 @@ pub fn quantize(values: &[f32], inverse_scale: f32, max: u8, out: &mut [u8]) {
         // SAFETY: the CPU has AVX2.
         return unsafe { quantize_avx2(values, inverse_scale, max, out) };
     }
+    #[cfg(target_arch = "arm")]
+    if super::armv7::has_neon() {
+        // SAFETY: the CPU has NEON.
+        let done = unsafe { super::armv7::quantize_prefix(values, inverse_scale, max, out) };
+        return quantize_portable(&values[done..], inverse_scale, max, &mut out[done..]);
+    }
     quantize_portable(values, inverse_scale, max, out)
 }
 
@@ -54,8 +63,10 @@ fn max_value_portable(values: &[f32]) -> f32 {
 fn quantize_portable(values: &[f32], inverse_scale: f32, max: u8, out: &mut [u8]) {
     let top = max as f32;
     for (q, &x) in out.iter_mut().zip(values) {
-        // Clamped into 0..=top first (NaN becomes 0), so the conversion is exact.
-        let clamped = (x * inverse_scale + 0.5).max(0.0).min(top);
+        // Clamped into 0..=top first (NaN becomes 0), so the conversion is exact;
+        // comparisons rather than `f32::max`/`min` (libm calls on 32-bit ARM).
+        let clamped = larger(0.0, x * inverse_scale + 0.5);
+        let clamped = if clamped < top { clamped } else { top };
         // SAFETY: `clamped` is finite and within 0..=255. The checked `as i32` kept x86
         // from vectorizing this loop (one scalar conversion and NaN test per value).
         *q = unsafe { clamped.to_int_unchecked::<i32>() } as u8;
@@ -87,9 +98,31 @@ mod tests {
         quantize(&values, 255.0 / largest, 255, &mut fast);
         quantize_portable(&values, 255.0 / largest, 255, &mut portable);
         assert_eq!(fast, portable);
-        let mut out = [0u8; 5];
-        quantize(&[-1.0, 0.49, 0.5, 300.0, f32::NAN], 1.0, 255, &mut out);
-        assert_eq!(out, [0, 0, 1, 255, 0]);
+        // Edge values through the vector loops (sixteen) and the scalar tail (the rest).
+        let edges = [
+            -1.0,
+            0.49,
+            0.5,
+            300.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            126.5,
+        ];
+        let input: Vec<f32> = edges.iter().cycle().take(21).copied().collect();
+        let mut out = vec![0u8; input.len()];
+        quantize(&input, 1.0, 255, &mut out);
+        let expected = [0, 0, 1, 255, 0, 255, 0, 127];
+        assert!(
+            out.iter().zip(expected.iter().cycle()).all(|(o, e)| o == e),
+            "{out:?}"
+        );
+        quantize(&input, 1.0, 127, &mut out);
+        let expected = [0, 0, 1, 127, 0, 127, 0, 127];
+        assert!(
+            out.iter().zip(expected.iter().cycle()).all(|(o, e)| o == e),
+            "{out:?}"
+        );
         assert_eq!(max_value(&[-3.0, -1.0]), 0.0);
     }
 }

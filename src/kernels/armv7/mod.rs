@@ -1,0 +1,97 @@
+//! 32-bit ARM (armv7, Raspberry Pi OS 32-bit) NEON microkernels, in assembly: stable Rust
+//! has no NEON intrinsics or `neon` target feature on this target, and candle's `gemm`
+//! crate is scalar here. The drivers that tile whole products over these live next to
+//! the portable versions they replace (`gemm.rs`, `qgemm.rs`); NEON is taken only when
+//! the kernel reports it (HWCAP), never assumed from the build.
+
+use std::sync::OnceLock;
+
+// `raw`: the braces are NEON register lists, not format arguments.
+std::arch::global_asm!(include_str!("sgemm_4x8.S"), options(raw));
+std::arch::global_asm!(include_str!("qgemm_2x8.S"), options(raw));
+std::arch::global_asm!(include_str!("quantize_8.S"), options(raw));
+
+/// Arguments of [`sgemm_4x8`]; strides in bytes.
+#[repr(C)]
+pub struct F32Tile {
+    pub k: usize,
+    pub a: [*const f32; 4],
+    pub b: *const f32,
+    pub ldb: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+/// Arguments of [`qgemm_2x8`]; `ldc` in bytes.
+#[repr(C)]
+pub struct QTile {
+    pub quads: usize,
+    pub a: [*const u8; 2],
+    pub b: *const i8,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub scale: *const f32,
+    pub row_scale: *const f32,
+}
+
+extern "C" {
+    /// `c[4 x 8] += a[4 x k] * b[k x 8]`: reads `k` floats of each row, `k` rows of
+    /// eight weights `ldb` bytes apart, and four rows of eight outputs `ldc` bytes apart.
+    #[link_name = "edge_classify_sgemm_4x8_armv7"]
+    fn sgemm_4x8_asm(tile: *const F32Tile);
+    /// `c[2 x 8] += (a[2 x 4 quads] * b) * scale[j] * row_scale[r]`: reads `4 * quads`
+    /// bytes of each row, `quads` quads of a packed panel's eight-column group (128 bytes
+    /// apart), eight scales, two row scales and two rows of eight outputs.
+    #[link_name = "edge_classify_qgemm_2x8_armv7"]
+    fn qgemm_2x8_asm(tile: *const QTile);
+    /// Quantizes `8 * steps` values (`steps > 0`) into `out`.
+    #[link_name = "edge_classify_quantize_8_armv7"]
+    fn quantize_8_asm(values: *const f32, out: *mut u8, steps: usize, inverse: f32, top: f32);
+}
+
+/// # Safety
+/// [`has_neon`] is true and every pointer of `tile` reaches what the kernel reads and
+/// writes (see the declaration).
+pub unsafe fn sgemm_4x8(tile: &F32Tile) {
+    sgemm_4x8_asm(tile)
+}
+
+/// # Safety
+/// As [`sgemm_4x8`], for [`QTile`].
+pub unsafe fn qgemm_2x8(tile: &QTile) {
+    qgemm_2x8_asm(tile)
+}
+
+/// Quantizes the longest multiple-of-eight prefix of `values` into `out` as
+/// `quantize::quantize` does (the same bytes) and returns its length.
+///
+/// # Safety
+/// [`has_neon`] is true.
+pub unsafe fn quantize_prefix(values: &[f32], inverse: f32, top: u8, out: &mut [u8]) -> usize {
+    assert_eq!(values.len(), out.len());
+    let steps = values.len() / 8;
+    if steps > 0 {
+        quantize_8_asm(
+            values.as_ptr(),
+            out.as_mut_ptr(),
+            steps,
+            inverse,
+            top as f32,
+        );
+    }
+    steps * 8
+}
+
+/// Whether the CPU has NEON (Advanced SIMD): from the kernel's HWCAP, since
+/// `is_arm_feature_detected!` is unstable.
+pub fn has_neon() -> bool {
+    static NEON: OnceLock<bool> = OnceLock::new();
+    *NEON.get_or_init(|| {
+        // linux/arch/arm/include/uapi/asm/hwcap.h
+        const HWCAP_NEON: libc::c_ulong = 1 << 12;
+        // SAFETY: getauxval reads the process's auxiliary vector; no preconditions.
+        let neon = unsafe { libc::getauxval(libc::AT_HWCAP) } & HWCAP_NEON != 0;
+        tracing::info!(neon, "armv7 CPU features");
+        neon
+    })
+}
