@@ -169,7 +169,7 @@ mod armv7 {
     use rayon::prelude::*;
 
     use super::MatMul;
-    use crate::kernels::armv7::{sgemm_4x8, F32Tile};
+    use crate::kernels::armv7::{add_tile, sgemm_4x8, F32Tile};
     use crate::kernels::Threads;
 
     const ROWS: usize = 4;
@@ -255,10 +255,7 @@ mod armv7 {
                             tile.ldc = COLS * 4;
                             // SAFETY: as above, with `out` as the four rows of `c`.
                             unsafe { sgemm_4x8(&tile) };
-                            for (r, out) in out.chunks_exact(COLS).take(rows).enumerate() {
-                                let c = &mut c[(row + r) * n + col..][..cols];
-                                c.iter_mut().zip(out).for_each(|(c, o)| *c += o);
-                            }
+                            add_tile(&out, COLS, rows, cols, c, row * n + col, n);
                         }
                     }
                 }

@@ -664,7 +664,7 @@ mod neon {
 #[cfg(target_arch = "arm")]
 mod armv7 {
     use super::{Kernel, QMatMul, PANEL};
-    use crate::kernels::armv7::{qgemm_2x8, QTile};
+    use crate::kernels::armv7::{add_tile, qgemm_2x8, QTile};
 
     pub static NEON: Kernel = Kernel {
         name: "neon-armv7",
@@ -734,11 +734,8 @@ mod armv7 {
                             tile.ldc = GROUP * 4;
                             // SAFETY: as above, with `out` as the two rows of `c`.
                             unsafe { qgemm_2x8(&tile) };
-                            for (r, out) in out.chunks_exact(GROUP).take(last + 1 - row).enumerate()
-                            {
-                                let c = &mut c[(row + r) * n + first..][..cols];
-                                c.iter_mut().zip(out).for_each(|(c, o)| *c += o);
-                            }
+                            let rows = last + 1 - row;
+                            add_tile(&out, GROUP, rows, cols, c, row * n + first, n);
                         }
                     }
                 }
