@@ -15,6 +15,34 @@
     .syntax unified
     .arm
     .fpu neon
+.macro qgemm_2x8_row_two_quads qa, qb, acc0, acc1, acc2, acc3
+    // one row's two quads (qa, qb) times the weights of both (d8-d11, d12-d15):
+    // columns 0-1, 2-3, 4-5, 6-7 into acc0-acc3
+    vmull.s8 q2, \qa, d8
+    vmull.s8 q3, \qa, d9
+    vmlal.s8 q2, \qb, d12
+    vmlal.s8 q3, \qb, d13
+    vpadal.s16 \acc0, q2
+    vpadal.s16 \acc1, q3
+    vmull.s8 q2, \qa, d10
+    vmull.s8 q3, \qa, d11
+    vmlal.s8 q2, \qb, d14
+    vmlal.s8 q3, \qb, d15
+    vpadal.s16 \acc2, q2
+    vpadal.s16 \acc3, q3
+.endm
+
+.macro qgemm_2x8_row_one_quad qa, acc0, acc1, acc2, acc3
+    vmull.s8 q2, \qa, d8
+    vmull.s8 q3, \qa, d9
+    vpadal.s16 \acc0, q2
+    vpadal.s16 \acc1, q3
+    vmull.s8 q2, \qa, d10
+    vmull.s8 q3, \qa, d11
+    vpadal.s16 \acc2, q2
+    vpadal.s16 \acc3, q3
+.endm
+
     .section .text.edge_classify_qgemm_2x8_armv7,"ax",%progbits
     .globl edge_classify_qgemm_2x8_armv7
     .type edge_classify_qgemm_2x8_armv7,%function
@@ -44,30 +72,8 @@ edge_classify_qgemm_2x8_armv7:
     vld1.32 {d3[]}, [r3]!
     vld1.8 {d8-d11}, [r4], r5
     vld1.8 {d12-d15}, [r4], r5
-    vmull.s8 q2, d0, d8
-    vmull.s8 q3, d0, d9
-    vmlal.s8 q2, d1, d12
-    vmlal.s8 q3, d1, d13
-    vpadal.s16 q8, q2
-    vpadal.s16 q9, q3
-    vmull.s8 q2, d0, d10
-    vmull.s8 q3, d0, d11
-    vmlal.s8 q2, d1, d14
-    vmlal.s8 q3, d1, d15
-    vpadal.s16 q10, q2
-    vpadal.s16 q11, q3
-    vmull.s8 q2, d2, d8
-    vmull.s8 q3, d2, d9
-    vmlal.s8 q2, d3, d12
-    vmlal.s8 q3, d3, d13
-    vpadal.s16 q12, q2
-    vpadal.s16 q13, q3
-    vmull.s8 q2, d2, d10
-    vmull.s8 q3, d2, d11
-    vmlal.s8 q2, d3, d14
-    vmlal.s8 q3, d3, d15
-    vpadal.s16 q14, q2
-    vpadal.s16 q15, q3
+    qgemm_2x8_row_two_quads d0, d1, q8, q9, q10, q11
+    qgemm_2x8_row_two_quads d2, d3, q12, q13, q14, q15
     subs r6, r6, #1
     bne 1b
 2:
@@ -77,22 +83,8 @@ edge_classify_qgemm_2x8_armv7:
     vld1.32 {d0[]}, [r2]
     vld1.32 {d2[]}, [r3]
     vld1.8 {d8-d11}, [r4]
-    vmull.s8 q2, d0, d8
-    vmull.s8 q3, d0, d9
-    vpadal.s16 q8, q2
-    vpadal.s16 q9, q3
-    vmull.s8 q2, d0, d10
-    vmull.s8 q3, d0, d11
-    vpadal.s16 q10, q2
-    vpadal.s16 q11, q3
-    vmull.s8 q2, d2, d8
-    vmull.s8 q3, d2, d9
-    vpadal.s16 q12, q2
-    vpadal.s16 q13, q3
-    vmull.s8 q2, d2, d10
-    vmull.s8 q3, d2, d11
-    vpadal.s16 q14, q2
-    vpadal.s16 q15, q3
+    qgemm_2x8_row_one_quad d0, q8, q9, q10, q11
+    qgemm_2x8_row_one_quad d2, q12, q13, q14, q15
 3:  // column sums: row 0 in q8 (columns 0-3), q9 (4-7); row 1 in q10, q11
     vpadd.i32 d16, d16, d17
     vpadd.i32 d17, d18, d19

@@ -11,6 +11,18 @@
     .syntax unified
     .arm
     .fpu neon
+.macro sgemm_4x8_mla wlo, whi, r0, r1, r2, r3
+    // one k: the eight weights (wlo, whi) times each row's value (r0-r3, d0-d7 lanes)
+    vmla.f32 q8, \wlo, \r0
+    vmla.f32 q9, \whi, \r0
+    vmla.f32 q10, \wlo, \r1
+    vmla.f32 q11, \whi, \r1
+    vmla.f32 q12, \wlo, \r2
+    vmla.f32 q13, \whi, \r2
+    vmla.f32 q14, \wlo, \r3
+    vmla.f32 q15, \whi, \r3
+.endm
+
     .section .text.edge_classify_sgemm_4x8_armv7,"ax",%progbits
     .globl edge_classify_sgemm_4x8_armv7
     .type edge_classify_sgemm_4x8_armv7,%function
@@ -42,40 +54,12 @@ edge_classify_sgemm_4x8_armv7:
     vld1.32 {d6-d7}, [r5]!
     vld1.32 {d8-d11}, [r6], r7
     vld1.32 {d12-d15}, [r6], r7
-    vmla.f32 q8, q4, d0[0]
-    vmla.f32 q9, q5, d0[0]
-    vmla.f32 q10, q4, d2[0]
-    vmla.f32 q11, q5, d2[0]
-    vmla.f32 q12, q4, d4[0]
-    vmla.f32 q13, q5, d4[0]
-    vmla.f32 q14, q4, d6[0]
-    vmla.f32 q15, q5, d6[0]
+    sgemm_4x8_mla q4, q5, d0[0], d2[0], d4[0], d6[0]
     vld1.32 {d8-d11}, [r6], r7
-    vmla.f32 q8, q6, d0[1]
-    vmla.f32 q9, q7, d0[1]
-    vmla.f32 q10, q6, d2[1]
-    vmla.f32 q11, q7, d2[1]
-    vmla.f32 q12, q6, d4[1]
-    vmla.f32 q13, q7, d4[1]
-    vmla.f32 q14, q6, d6[1]
-    vmla.f32 q15, q7, d6[1]
+    sgemm_4x8_mla q6, q7, d0[1], d2[1], d4[1], d6[1]
     vld1.32 {d12-d15}, [r6], r7
-    vmla.f32 q8, q4, d1[0]
-    vmla.f32 q9, q5, d1[0]
-    vmla.f32 q10, q4, d3[0]
-    vmla.f32 q11, q5, d3[0]
-    vmla.f32 q12, q4, d5[0]
-    vmla.f32 q13, q5, d5[0]
-    vmla.f32 q14, q4, d7[0]
-    vmla.f32 q15, q5, d7[0]
-    vmla.f32 q8, q6, d1[1]
-    vmla.f32 q9, q7, d1[1]
-    vmla.f32 q10, q6, d3[1]
-    vmla.f32 q11, q7, d3[1]
-    vmla.f32 q12, q6, d5[1]
-    vmla.f32 q13, q7, d5[1]
-    vmla.f32 q14, q6, d7[1]
-    vmla.f32 q15, q7, d7[1]
+    sgemm_4x8_mla q4, q5, d1[0], d3[0], d5[0], d7[0]
+    sgemm_4x8_mla q6, q7, d1[1], d3[1], d5[1], d7[1]
     subs r8, r8, #1
     bne 1b
 2:
@@ -87,14 +71,7 @@ edge_classify_sgemm_4x8_armv7:
     vld1.32 {d4[0]}, [r4]!
     vld1.32 {d6[0]}, [r5]!
     vld1.32 {d8-d11}, [r6], r7
-    vmla.f32 q8, q4, d0[0]
-    vmla.f32 q9, q5, d0[0]
-    vmla.f32 q10, q4, d2[0]
-    vmla.f32 q11, q5, d2[0]
-    vmla.f32 q12, q4, d4[0]
-    vmla.f32 q13, q5, d4[0]
-    vmla.f32 q14, q4, d6[0]
-    vmla.f32 q15, q5, d6[0]
+    sgemm_4x8_mla q4, q5, d0[0], d2[0], d4[0], d6[0]
     subs r8, r8, #1
     bne 3b
 4:  // c += acc, row by row
