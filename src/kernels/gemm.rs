@@ -179,7 +179,8 @@ mod armv7 {
     const BLOCK_ROWS: usize = 64;
     const BLOCK_DEPTH: usize = 256;
 
-    /// `c += a * b`; with several threads (the dense layer), bands of rows in parallel.
+    /// `c += a * b`; with several threads and enough rows, bands of rows in parallel (the
+    /// plan's convolutions split their own bands and call with one thread).
     pub fn accumulate(p: &MatMul, c: &mut [f32], threads: Threads) {
         let n = p.n;
         if threads.get() == 1 || p.m < 2 * BLOCK_ROWS {
@@ -336,6 +337,8 @@ pub(crate) mod tests {
         check_against_reference(196, 64, 576, 576, 1);
         check_against_reference(49, 512, 2048, 2048, 2);
         check_against_reference(1, 1000, 2048, 2048, 1);
+        // Enough rows for bands in parallel (32-bit ARM splits them itself), ragged n.
+        check_against_reference(301, 44, 300, 303, 2);
     }
 
     #[test]
