@@ -7,7 +7,7 @@
 #   make test-images  builds them, checks their configuration and runs each one
 #   make test-arm  the unit tests, golden logits and int8 checks under qemu: aarch64 on
 #                  CPU models without (Pi 3, Pi 4) and with (Pi 5) the dot product, armv7
-#                  on Cortex-A7 (Pi 2) and Cortex-A15
+#                  on Cortex-A7 (Pi 2) and Cortex-A15 (test-arm64 and test-armv7 alone)
 #
 # Needs: rustup targets (`make targets`), Debian's gcc-aarch64-linux-gnu,
 # gcc-arm-linux-gnueabihf, gcc-mingw-w64-x86-64 and qemu-user (linkers and runners are
@@ -39,7 +39,7 @@ WEIGHTS_COMMON := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-h
 WEIGHTS_INT8 := resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
 WEIGHTS_F32 := resnet50.safetensors catsdogs-cnn.safetensors
 
-.PHONY: dist static stage images test-images test-arm targets clean-dist
+.PHONY: dist static stage images test-images test-arm test-arm64 test-armv7 targets clean-dist
 .DELETE_ON_ERROR:
 
 dist: $(foreach t,$(DYNAMIC_TARGETS) $(MUSL_TARGETS) $(ARMV7_STATIC) $(WINDOWS_TARGET),dist/$(t)/classify$(if $(findstring windows,$(t)),.exe))
@@ -142,10 +142,14 @@ define arm_test
 endef
 runner_var = $(shell echo $(1) | tr 'a-z-' 'A-Z_')
 
-test-arm:
+test-arm: test-arm64 test-armv7
+
+test-arm64:
 	$(ARM_TEST) --lib --test tests --no-run
-	$(ARMV7_TEST) --lib --test tests --no-run
 	$(foreach cpu,$(ARM_CPUS),$(call arm_test,aarch64-unknown-linux-gnu,$(ARM_TEST),qemu-aarch64,/usr/aarch64-linux-gnu,$(cpu)))
+
+test-armv7:
+	$(ARMV7_TEST) --lib --test tests --no-run
 	$(foreach cpu,$(ARMV7_CPUS),$(call arm_test,armv7-unknown-linux-gnueabihf,$(ARMV7_TEST),qemu-arm,/usr/arm-linux-gnueabihf,$(cpu)))
 
 clean-dist:
