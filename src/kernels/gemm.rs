@@ -130,12 +130,13 @@ impl MatMul<'_> {
     }
 
     /// `c += a * b` through the `gemm` crate (run-time selected SIMD microkernels), or on
-    /// 32-bit ARM with NEON through our own kernel (the crate is scalar there).
+    /// ARM with NEON through our own tiles (the crate is scalar on armv7, and packs both
+    /// operands on aarch64).
     pub fn accumulate(&self, c: &mut [f32], threads: Threads) {
         self.check(c);
-        #[cfg(target_arch = "arm")]
-        if super::armv7::has_neon() {
-            return armv7::accumulate(self, c, threads);
+        #[cfg(any(target_arch = "arm", target_arch = "aarch64"))]
+        if tiled::available() {
+            return tiled::accumulate(self, c, threads);
         }
         let a = View {
             data: self.a,
@@ -162,22 +163,137 @@ impl MatMul<'_> {
     }
 }
 
-/// The f32 product on 32-bit ARM: 4 x 8 NEON tiles over blocks of `a` and `b` sized for
-/// the Cortex-A7/A53 caches.
-#[cfg(target_arch = "arm")]
-mod armv7 {
+/// The f32 product on ARM with NEON: register tiles of `ROWS x 8` (our kernels: assembly
+/// on armv7, intrinsics on aarch64) over blocks of `a` and `b` sized for the Cortex-A7/A53
+/// caches. The `gemm` crate is scalar on armv7 and packs both operands on aarch64; here
+/// the activations are read in place and the row-major weights with a stride.
+#[cfg(any(target_arch = "arm", target_arch = "aarch64"))]
+mod tiled {
     use rayon::prelude::*;
 
     use super::MatMul;
-    use crate::kernels::armv7::{add_tile, sgemm_4x8, F32Tile};
-    use crate::kernels::Threads;
+    use crate::kernels::{add_tile, Threads};
 
+    /// Rows of one register tile: 4 x 8 fills armv7's 16 q registers with accumulators
+    /// and operands, 8 x 8 half of aarch64's 32.
+    #[cfg(target_arch = "arm")]
     const ROWS: usize = 4;
+    #[cfg(target_arch = "aarch64")]
+    const ROWS: usize = 8;
     const COLS: usize = 8;
     /// A block of `a` (64 rows x 256 k, 64 KB) stays in L2 while every column panel
     /// passes over it; one panel's share of `b` (256 x 8, 8 KB) stays in L1.
     const BLOCK_ROWS: usize = 64;
     const BLOCK_DEPTH: usize = 256;
+
+    /// Whether the tiles run on this CPU: NEON is optional on armv7 (HWCAP), mandatory on
+    /// aarch64.
+    pub fn available() -> bool {
+        #[cfg(target_arch = "arm")]
+        return crate::kernels::armv7::has_neon();
+        #[cfg(target_arch = "aarch64")]
+        return true;
+    }
+
+    /// One tile's operands, strides in elements.
+    #[derive(Clone, Copy)]
+    struct Operands {
+        k: usize,
+        a: [*const f32; ROWS],
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    }
+
+    /// `c[rows x 8] += a[rows x k] * b[k x 8]` for `rows <= ROWS`.
+    /// armv7 has one 4 x 8 kernel: straight into `c` when the tile is whole, else through
+    /// scratch. aarch64 has one kernel per row count, so the last row of a 7 x 7 map
+    /// (49 = 6 x 8 + 1) costs one row's work, not eight.
+    ///
+    /// # Safety
+    /// NEON is [`available`]; each `a[r]` holds `k` floats (a short tile repeats its last
+    /// row), `b` `k` rows of eight `ldb` apart, `c` `rows` rows of eight `ldc` apart.
+    unsafe fn tile(rows: usize, t: Operands) {
+        #[cfg(target_arch = "arm")]
+        {
+            use crate::kernels::armv7::{sgemm_4x8, F32Tile};
+            let mut tile = F32Tile {
+                k: t.k,
+                a: t.a,
+                b: t.b,
+                ldb: t.ldb * 4,
+                c: t.c,
+                ldc: t.ldc * 4,
+            };
+            if rows == ROWS {
+                return sgemm_4x8(&tile);
+            }
+            let mut out = [0.0f32; ROWS * COLS];
+            tile.c = out.as_mut_ptr();
+            tile.ldc = COLS * 4;
+            sgemm_4x8(&tile);
+            let c = std::slice::from_raw_parts_mut(t.c, (rows - 1) * t.ldc + COLS);
+            add_tile(&out, COLS, rows, COLS, c, 0, t.ldc);
+        }
+        #[cfg(target_arch = "aarch64")]
+        match rows {
+            1 => tile_rows::<1>(t),
+            2 => tile_rows::<2>(t),
+            3 => tile_rows::<3>(t),
+            4 => tile_rows::<4>(t),
+            5 => tile_rows::<5>(t),
+            6 => tile_rows::<6>(t),
+            7 => tile_rows::<7>(t),
+            _ => tile_rows::<8>(t),
+        }
+    }
+
+    /// `c[R x 8] += a[R x k] * b[k x 8]` (the first `R` of `a`), strides in elements: 2R
+    /// accumulators, the rows' values four k at a time, `fmla` by lane.
+    ///
+    /// # Safety
+    /// As [`tile`], with `R` rows.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn tile_rows<const R: usize>(t: Operands) {
+        use std::arch::aarch64::*;
+        let Operands {
+            k, b, ldb, c, ldc, ..
+        } = t;
+        let mut acc = [[vdupq_n_f32(0.0); 2]; R];
+        let mut a: [*const f32; R] = std::array::from_fn(|r| t.a[r]);
+        let mut b = b;
+        // One k: its eight weights times lane `$lane` of each row's values.
+        macro_rules! step {
+            ($values:ident, $lane:literal) => {{
+                let (low, high) = (vld1q_f32(b), vld1q_f32(b.add(4)));
+                b = b.add(ldb);
+                for (acc, values) in acc.iter_mut().zip(&$values) {
+                    acc[0] = vfmaq_laneq_f32::<$lane>(acc[0], low, *values);
+                    acc[1] = vfmaq_laneq_f32::<$lane>(acc[1], high, *values);
+                }
+            }};
+        }
+        for _ in 0..k / 4 {
+            let values: [float32x4_t; R] = std::array::from_fn(|r| vld1q_f32(a[r]));
+            step!(values, 0);
+            step!(values, 1);
+            step!(values, 2);
+            step!(values, 3);
+            a = a.map(|row| row.add(4));
+        }
+        for _ in 0..k % 4 {
+            let values: [float32x4_t; R] = std::array::from_fn(|r| vld1q_dup_f32(a[r]));
+            step!(values, 0);
+            a = a.map(|row| row.add(1));
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let c = c.add(r * ldc);
+            vst1q_f32(c, vaddq_f32(vld1q_f32(c), acc[0]));
+            vst1q_f32(c.add(4), vaddq_f32(vld1q_f32(c.add(4)), acc[1]));
+        }
+    }
 
     /// `c += a * b`; with several threads and enough rows, bands of rows in parallel (the
     /// plan's convolutions split their own bands and call with one thread).
@@ -231,31 +347,27 @@ mod armv7 {
                     for row in (first_row..block_end).step_by(ROWS) {
                         let rows = (block_end - row).min(ROWS);
                         // A short tile repeats its last row; only real rows are kept.
-                        let a = std::array::from_fn(|r| {
-                            p.a[(row + r.min(rows - 1)) * lda + depth..].as_ptr()
-                        });
-                        let mut tile = F32Tile {
+                        let mut operands = Operands {
                             k: depth_len,
-                            a,
+                            a: std::array::from_fn(|r| {
+                                p.a[(row + r.min(rows - 1)) * lda + depth..].as_ptr()
+                            }),
                             b: b.as_ptr(),
-                            ldb: ldb * 4,
-                            c: std::ptr::null_mut(),
-                            ldc: 0,
+                            ldb,
+                            c: c[row * n + col..].as_mut_ptr(),
+                            ldc: n,
                         };
-                        if rows == ROWS && cols == COLS {
-                            tile.c = c[row * n + col..].as_mut_ptr();
-                            tile.ldc = n * 4;
+                        if cols == COLS {
                             // SAFETY: NEON was checked by the caller; the rows hold
                             // `depth + depth_len <= k` floats (`MatMul::check`), `b` has
-                            // `depth_len` rows of 8 from `col` (`col + 8 <= n`), and `c` four
-                            // rows of 8 from `col`.
-                            unsafe { sgemm_4x8(&tile) };
+                            // `depth_len` rows of 8 from `col` (`col + 8 <= n`), and `c`
+                            // `rows` rows of 8 from `col`.
+                            unsafe { tile(rows, operands) };
                         } else {
                             let mut out = [0.0f32; ROWS * COLS];
-                            tile.c = out.as_mut_ptr();
-                            tile.ldc = COLS * 4;
-                            // SAFETY: as above, with `out` as the four rows of `c`.
-                            unsafe { sgemm_4x8(&tile) };
+                            (operands.c, operands.ldc) = (out.as_mut_ptr(), COLS);
+                            // SAFETY: as above, with `out` as the rows of `c`.
+                            unsafe { tile(rows, operands) };
                             add_tile(&out, COLS, rows, cols, c, row * n + col, n);
                         }
                     }
@@ -337,7 +449,7 @@ pub(crate) mod tests {
         check_against_reference(196, 64, 576, 576, 1);
         check_against_reference(49, 512, 2048, 2048, 2);
         check_against_reference(1, 1000, 2048, 2048, 1);
-        // Enough rows for bands in parallel (32-bit ARM splits them itself), ragged n.
+        // Enough rows for bands in parallel (ARM's tiles split them themselves), ragged n.
         check_against_reference(301, 44, 300, 303, 2);
     }
 

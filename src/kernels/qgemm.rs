@@ -664,7 +664,8 @@ mod neon {
 #[cfg(target_arch = "arm")]
 mod armv7 {
     use super::{Kernel, QMatMul, PANEL};
-    use crate::kernels::armv7::{add_tile, qgemm_2x8, QTile};
+    use crate::kernels::add_tile;
+    use crate::kernels::armv7::{qgemm_2x8, QTile};
 
     pub static NEON: Kernel = Kernel {
         name: "neon-armv7",

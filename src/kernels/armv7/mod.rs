@@ -82,23 +82,6 @@ pub unsafe fn quantize_prefix(values: &[f32], inverse: f32, top: u8, out: &mut [
     steps * 8
 }
 
-/// Adds the first `rows x cols` of a scratch tile (rows `tile_cols` apart) onto `c` from
-/// element `at` (rows `ldc` apart): where a ragged edge tile, computed in scratch, lands.
-pub fn add_tile(
-    tile: &[f32],
-    tile_cols: usize,
-    rows: usize,
-    cols: usize,
-    c: &mut [f32],
-    at: usize,
-    ldc: usize,
-) {
-    for (r, tile) in tile.chunks_exact(tile_cols).take(rows).enumerate() {
-        let c = &mut c[at + r * ldc..][..cols];
-        c.iter_mut().zip(tile).for_each(|(c, t)| *c += t);
-    }
-}
-
 /// Whether the CPU has NEON (Advanced SIMD): from the kernel's HWCAP, since
 /// `is_arm_feature_detected!` is unstable.
 pub fn has_neon() -> bool {
