@@ -175,7 +175,8 @@ mod tiled {
     use crate::kernels::{add_tile, Threads};
 
     /// Rows of one register tile: 4 x 8 fills armv7's 16 q registers with accumulators
-    /// and operands, 8 x 8 half of aarch64's 32.
+    /// and operands; 8 x 8 takes 26 of aarch64's 32 (16 accumulators, 8 rows' values,
+    /// 2 of weights).
     #[cfg(target_arch = "arm")]
     const ROWS: usize = 4;
     #[cfg(target_arch = "aarch64")]
