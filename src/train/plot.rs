@@ -1,5 +1,6 @@
 //! The learning curves of a run as a PNG: loss and accuracy per epoch, train and
-//! validation, drawn with plotters and the bundled DejaVu Sans (no system fonts needed).
+//! validation, drawn with plotters and the bundled DejaVu Sans (no system fonts needed;
+//! a Latin subset, see assets/fonts/README.md).
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use plotters::style::{register_font, FontStyle};
 
 use super::record::EpochRecord;
 
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
 
 fn ensure_font() {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
