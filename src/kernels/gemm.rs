@@ -207,35 +207,32 @@ mod tiled {
         ldc: usize,
     }
 
-    /// `c[rows x 8] += a[rows x k] * b[k x 8]` for `rows <= ROWS`.
-    /// armv7 has one 4 x 8 kernel: straight into `c` when the tile is whole, else through
-    /// scratch. aarch64 has one kernel per row count, so the last row of a 7 x 7 map
+    /// Whether [`tile`] writes a tile of `rows` rows straight into `c`: armv7's one 4 x 8
+    /// kernel always writes four (a shorter tile goes through the driver's scratch), while
+    /// aarch64 has one kernel per row count, so the last row of a 7 x 7 map
     /// (49 = 6 x 8 + 1) costs one row's work, not eight.
+    fn writes_in_place(rows: usize) -> bool {
+        cfg!(target_arch = "aarch64") || rows == ROWS
+    }
+
+    /// `c[rows x 8] += a[rows x k] * b[k x 8]` for `rows <= ROWS` (armv7: always `ROWS`
+    /// rows, see [`writes_in_place`]).
     ///
     /// # Safety
     /// NEON is [`available`]; each `a[r]` holds `k` floats (a short tile repeats its last
-    /// row), `b` `k` rows of eight `ldb` apart, `c` `rows` rows of eight `ldc` apart.
+    /// row), `b` `k` rows of eight `ldb` apart, `c` the rows written, eight `ldc` apart.
     unsafe fn tile(rows: usize, t: Operands) {
         #[cfg(target_arch = "arm")]
         {
-            use crate::kernels::armv7::{sgemm_4x8, F32Tile};
-            let mut tile = F32Tile {
+            let _ = rows;
+            crate::kernels::armv7::sgemm_4x8(&crate::kernels::armv7::F32Tile {
                 k: t.k,
                 a: t.a,
                 b: t.b,
                 ldb: t.ldb * 4,
                 c: t.c,
                 ldc: t.ldc * 4,
-            };
-            if rows == ROWS {
-                return sgemm_4x8(&tile);
-            }
-            let mut out = [0.0f32; ROWS * COLS];
-            tile.c = out.as_mut_ptr();
-            tile.ldc = COLS * 4;
-            sgemm_4x8(&tile);
-            let c = std::slice::from_raw_parts_mut(t.c, (rows - 1) * t.ldc + COLS);
-            add_tile(&out, COLS, rows, COLS, c, 0, t.ldc);
+            });
         }
         #[cfg(target_arch = "aarch64")]
         match rows {
@@ -260,11 +257,15 @@ mod tiled {
     unsafe fn tile_rows<const R: usize>(t: Operands) {
         use std::arch::aarch64::*;
         let Operands {
-            k, b, ldb, c, ldc, ..
+            k,
+            mut b,
+            ldb,
+            c,
+            ldc,
+            ..
         } = t;
         let mut acc = [[vdupq_n_f32(0.0); 2]; R];
         let mut a: [*const f32; R] = std::array::from_fn(|r| t.a[r]);
-        let mut b = b;
         // One k: its eight weights times lane `$lane` of each row's values.
         macro_rules! step {
             ($values:ident, $lane:literal) => {{
@@ -358,7 +359,7 @@ mod tiled {
                             c: c[row * n + col..].as_mut_ptr(),
                             ldc: n,
                         };
-                        if cols == COLS {
+                        if cols == COLS && writes_in_place(rows) {
                             // SAFETY: NEON was checked by the caller; the rows hold
                             // `depth + depth_len <= k` floats (`MatMul::check`), `b` has
                             // `depth_len` rows of 8 from `col` (`col + 8 <= n`), and `c`
