@@ -6,8 +6,9 @@
 #   make images    the three images with buildah (offline), tagged $(IMAGE):$(VERSION)-<arch>
 #   make test-images  builds them, checks their configuration and runs each one
 #   make test-arm  the unit tests, golden logits and int8 checks under qemu: aarch64 on
-#                  CPU models without (Pi 3, Pi 4) and with (Pi 5) the dot product, armv7
-#                  on Cortex-A7 (Pi 2) and Cortex-A15 (test-arm64 and test-armv7 alone)
+#                  CPU models without (Pi 3, Pi 4) and with (Pi 5) the dot product and
+#                  with i8mm (`max`), armv7 on Cortex-A7 (Pi 2) and Cortex-A15, and the
+#                  unit tests on a Cortex-A15 without NEON (test-arm64, test-armv7 alone)
 #
 # Needs: rustup targets (`make targets`), Debian's gcc-aarch64-linux-gnu,
 # gcc-arm-linux-gnueabihf, gcc-mingw-w64-x86-64 and qemu-user (linkers and runners are
@@ -114,16 +115,25 @@ test-images: images
 	IMAGE=$(IMAGE) VERSION=$(VERSION) deploy/test-images.py $(ARCHES)
 
 # CPU model -> the int8 kernels it must offer and lack (a detection that silently fell
-# back would otherwise test the portable kernel three times).
-ARM_CPUS ?= cortex-a53 cortex-a72 cortex-a76
-ARMV7_CPUS ?= cortex-a7 cortex-a15
+# back would otherwise test the portable kernel three times). `max` is the only model with
+# the int8 matrix multiply (i8mm: Neoverse V1/N2 servers, no Pi); `cortex-a15-noneon`, a
+# Cortex-A15 without NEON (Tegra 2-like), runs the portable fallbacks.
+ARM_CPUS ?= cortex-a53 cortex-a72 cortex-a76 max
+ARMV7_CPUS ?= cortex-a7 cortex-a15 cortex-a15-noneon
+QEMU_CPU_cortex-a15-noneon := cortex-a15,neon=off
 EXPECT_cortex-a53 := neon
 EXPECT_cortex-a72 := neon
 EXPECT_cortex-a76 := neon,neon-dotprod
-ABSENT_cortex-a53 := neon-dotprod
-ABSENT_cortex-a72 := neon-dotprod
+EXPECT_max := neon,neon-dotprod,neon-i8mm
+ABSENT_cortex-a53 := neon-dotprod,neon-i8mm
+ABSENT_cortex-a72 := neon-dotprod,neon-i8mm
+ABSENT_cortex-a76 := neon-i8mm
 EXPECT_cortex-a7 := neon-armv7
 EXPECT_cortex-a15 := neon-armv7
+ABSENT_cortex-a15-noneon := neon-armv7
+# The portable fallbacks are scalar, so the golden-logit runs would add many minutes under
+# qemu; that model runs the unit tests (every kernel against its reference) only.
+UNIT_ONLY_cortex-a15-noneon := yes
 ARM_TEST := $(CARGO) test --locked --target aarch64-unknown-linux-gnu
 ARMV7_TEST := $(CARGO) test --locked --target armv7-unknown-linux-gnueabihf
 # The integration tests that check the numbers: golden logits (f32 within 1e-3 of
@@ -136,8 +146,8 @@ ARM_INTEGRATION := reference::logits_match_the_golden_vectors quantize::the_int8
 define arm_test
 	@echo "== $(1) on $(5)"
 	EDGE_EXPECT_INT8_KERNELS=$(EXPECT_$(5)) EDGE_ABSENT_INT8_KERNELS=$(ABSENT_$(5)) \
-	CARGO_TARGET_$(call runner_var,$(1))_RUNNER="$(3) -L $(4) -cpu $(5)" \
-		sh -c '$(2) --lib -q && $(2) --test tests -q -- $(ARM_INTEGRATION)'
+	CARGO_TARGET_$(call runner_var,$(1))_RUNNER="$(3) -L $(4) -cpu $(or $(QEMU_CPU_$(5)),$(5))" \
+		sh -c '$(2) --lib -q $(if $(UNIT_ONLY_$(5)),,&& $(2) --test tests -q -- $(ARM_INTEGRATION))'
 
 endef
 runner_var = $(shell echo $(1) | tr 'a-z-' 'A-Z_')

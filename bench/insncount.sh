@@ -54,6 +54,7 @@ per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
         "qemu-aarch64 cortex-a53 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
         "qemu-aarch64 cortex-a72 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
         "qemu-aarch64 cortex-a76 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
+        "qemu-aarch64 max dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
         "qemu-arm cortex-a7 dist/armv7-unknown-linux-gnueabihf-static/classify armv7 armv7-unknown-linux-gnueabihf"; do
         set -- $config
         qemu=$1 cpu=$2 binary=$3 target=$4 triple=$5
