@@ -63,9 +63,9 @@ fn shared_resnet(
     let plan = Arc::new(match precision {
         Precision::F32 => {
             let config = resnet::Config::resnet50(resnet.variant, Some(classes));
+            // The plan folds each BatchNorm as it lays its layer out.
             let network = f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
-                .build(|vb| ResNet::new(&config, vb))?
-                .fold_batch_norm()?;
+                .build(|vb| ResNet::new(&config, vb))?;
             ResNetPlan::new(&network, precision)?
         }
         Precision::Int8 => quantize::resnet_int8_plan(resnet, classes)?,

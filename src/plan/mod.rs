@@ -142,6 +142,24 @@ pub enum Epilogue<'a> {
     Linear,
 }
 
+/// Walks a kernel stored `[out, in, ky, kx]` (candle's and the files' order), giving each
+/// value with its output channel and its row of the lowered product, `[ky, kx, in]`.
+fn for_each_stored_tap<T: Copy>(
+    stored: &[T],
+    in_channels: usize,
+    size: usize,
+    mut visit: impl FnMut(usize, usize, T),
+) {
+    let taps = size * size;
+    for (out, kernel) in stored.chunks_exact(in_channels * taps).enumerate() {
+        for (input, per_input) in kernel.chunks_exact(taps).enumerate() {
+            for (tap, &value) in per_input.iter().enumerate() {
+                visit(out, tap * in_channels + input, value);
+            }
+        }
+    }
+}
+
 impl Conv2d {
     /// Lays out a candle convolution (`[out, in, k, k]` weights, optional bias). An int8
     /// convolution must only ever see non-negative inputs (it follows a ReLU).
@@ -161,10 +179,13 @@ impl Conv2d {
             return Self::from_int8(conv, kernel);
         }
         let layer = Self::geometry(conv)?;
-        let weights = weight
-            .permute((2, 3, 1, 0))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        // A loop, not candle's permute: its strided copy was a sixth of the f32 start-up.
+        let stored = weight.flatten_all()?.to_vec1::<f32>()?;
+        let mut weights = vec![0.0; stored.len()];
+        let (in_channels, out_channels) = (layer.in_channels, layer.out_channels);
+        for_each_stored_tap(&stored, in_channels, layer.kernel, |out, row, value| {
+            weights[row * out_channels + out] = value;
+        });
         Ok(Self {
             weights: ConvWeights::F32(weights),
             ..layer
@@ -186,16 +207,13 @@ impl Conv2d {
             kernel.axis,
             conv.weight().dims()
         );
-        // Column `out` of the product is [ky, kx, in]; the kernel stores [in, ky, kx].
         let taps = size * size;
         let packed =
             PackedWeights::pack_columns(taps * in_channels, out_channels, |out, column| {
                 let stored = &kernel.values[out * in_channels * taps..][..in_channels * taps];
-                for (input, per_input) in stored.chunks_exact(taps).enumerate() {
-                    for (tap, &value) in per_input.iter().enumerate() {
-                        column[tap * in_channels + input] = value;
-                    }
-                }
+                for_each_stored_tap(stored, in_channels, size, |_, row, value| {
+                    column[row] = value;
+                });
             });
         Ok(Self {
             weights: ConvWeights::Int8 {
@@ -427,12 +445,17 @@ pub struct Dense {
 impl Dense {
     pub fn from_candle(linear: &candle_nn::Linear) -> Result<Self> {
         let (outputs, inputs) = linear.weight().dims2()?;
-        let weights = linear
+        let stored = linear
             .weight()
             .to_dtype(DType::F32)?
-            .t()?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        let mut weights = vec![0.0; stored.len()];
+        for (output, row) in stored.chunks_exact(inputs).enumerate() {
+            for (input, &value) in row.iter().enumerate() {
+                weights[input * outputs + output] = value;
+            }
+        }
         let bias = match linear.bias() {
             Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             None => vec![0.0; outputs],

@@ -1,6 +1,7 @@
 //! The ResNet plan: [`crate::models::resnet::ResNet`] compiled for inference.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 
 use super::{Arena, Conv2d, Dense, Epilogue, FeatureMap, Precision, Scratch};
 use crate::kernels::im2col::Window;
@@ -36,12 +37,10 @@ pub struct ResNetPlan {
     arena: Arena<Workspace>,
 }
 
+/// Lays out one layer, its BatchNorm folded first: one layer's folded copy at a time, so
+/// loading never holds a folded copy of the whole network beside the original.
 fn conv(layer: &ConvBn, precision: Precision) -> Result<Conv2d> {
-    ensure!(
-        layer.bn().is_none(),
-        "fold BatchNorm into the convolutions before planning"
-    );
-    Conv2d::from_candle(layer.conv(), precision)
+    Conv2d::from_candle(layer.fold_batch_norm()?.conv(), precision)
 }
 
 impl BottleneckPlan {
@@ -89,7 +88,7 @@ impl BottleneckPlan {
 }
 
 impl ResNetPlan {
-    /// Compiles a ResNet whose BatchNorms are folded. With int8, the stem (whose input
+    /// Compiles a ResNet, folding its BatchNorms layer by layer. With int8, the stem (whose input
     /// is signed) and the classifier (1 % of the work) stay f32.
     pub fn new(model: &ResNet, precision: Precision) -> Result<Self> {
         Self::build(model, |layer| conv(layer, precision))
@@ -117,13 +116,16 @@ impl ResNetPlan {
         })
     }
 
-    fn build(model: &ResNet, block_conv: impl Fn(&ConvBn) -> Result<Conv2d>) -> Result<Self> {
+    fn build(
+        model: &ResNet,
+        block_conv: impl Fn(&ConvBn) -> Result<Conv2d> + Sync,
+    ) -> Result<Self> {
+        // One block per core at a time: laying out 100 MB of weights is start-up time.
+        let blocks: Vec<_> = model.stages().iter().flatten().collect();
         Ok(Self {
             stem: conv(model.stem(), Precision::F32)?,
-            blocks: model
-                .stages()
-                .iter()
-                .flatten()
+            blocks: blocks
+                .par_iter()
                 .map(|block| BottleneckPlan::new(block, &block_conv))
                 .collect::<Result<_>>()?,
             fc: model.fc().map(Dense::from_candle).transpose()?,
@@ -231,7 +233,7 @@ mod tests {
     fn the_plan_computes_what_the_candle_module_computes() {
         for variant in [Variant::V1, Variant::V1_5] {
             let model = small_resnet(variant);
-            let plan = ResNetPlan::new(&model.fold_batch_norm().unwrap(), Precision::F32).unwrap();
+            let plan = ResNetPlan::new(&model, Precision::F32).unwrap();
             let input = Tensor::rand(-2f32, 2.0, (1, 3, 45, 37), &Device::Cpu).unwrap();
             let expected = model
                 .forward_t(&input, false)
@@ -292,8 +294,14 @@ mod tests {
     }
 
     #[test]
-    fn an_unfolded_model_is_refused() {
-        let error = ResNetPlan::new(&small_resnet(Variant::V1), Precision::F32).unwrap_err();
-        assert!(error.to_string().contains("fold BatchNorm"), "{error}");
+    fn an_unfolded_model_plans_as_its_folded_form() {
+        let model = small_resnet(Variant::V1);
+        let unfolded = ResNetPlan::new(&model, Precision::F32).unwrap();
+        let folded = ResNetPlan::new(&model.fold_batch_norm().unwrap(), Precision::F32).unwrap();
+        let chw: Vec<f32> = (0..3 * 41 * 33).map(|i| (i as f32 * 0.7).sin()).collect();
+        assert_eq!(
+            unfolded.forward(&chw, 41, 33, Threads(1)),
+            folded.forward(&chw, 41, 33, Threads(1))
+        );
     }
 }
