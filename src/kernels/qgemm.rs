@@ -819,40 +819,27 @@ mod neon {
                 matmul_step(&mut acc, &high, pairs, columns);
             }
         }
-        for (pair, blocks) in acc.iter().enumerate().take(pairs) {
-            let [c01, c23, c45, c67] = *blocks;
-            // Row 2 pair: the blocks' low halves; row 2 pair + 1: their high ones.
-            let low = |x: int32x4_t, y: int32x4_t| {
-                vreinterpretq_s32_s64(vzip1q_s64(
-                    vreinterpretq_s64_s32(x),
-                    vreinterpretq_s64_s32(y),
-                ))
-            };
-            let high = |x: int32x4_t, y: int32x4_t| {
-                vreinterpretq_s32_s64(vzip2q_s64(
-                    vreinterpretq_s64_s32(x),
-                    vreinterpretq_s64_s32(y),
-                ))
-            };
-            let r = 2 * pair;
-            let out = &mut c[r * ldc..];
-            store_row(
+        // Row 2 pair: the blocks' low halves; row 2 pair + 1: their high ones.
+        let low = |x: int32x4_t, y: int32x4_t| {
+            vreinterpretq_s32_s64(vzip1q_s64(
+                vreinterpretq_s64_s32(x),
+                vreinterpretq_s64_s32(y),
+            ))
+        };
+        let high = |x: int32x4_t, y: int32x4_t| {
+            vreinterpretq_s32_s64(vzip2q_s64(
+                vreinterpretq_s64_s32(x),
+                vreinterpretq_s64_s32(y),
+            ))
+        };
+        for (pair, &[c01, c23, c45, c67]) in acc.iter().enumerate().take(pairs) {
+            let halves = [
                 [low(c01, c23), low(c45, c67)],
-                p.row_scale[row + r],
-                out,
-                scale,
-                cols,
-            );
-            if r + 1 < MR {
-                let out = &mut c[(r + 1) * ldc..];
-                let row_scale = p.row_scale[row + r + 1];
-                store_row(
-                    [high(c01, c23), high(c45, c67)],
-                    row_scale,
-                    out,
-                    scale,
-                    cols,
-                );
+                [high(c01, c23), high(c45, c67)],
+            ];
+            // A lone last row's twin is not stored.
+            for (r, sums) in (2 * pair..MR).zip(halves) {
+                store_row(sums, p.row_scale[row + r], &mut c[r * ldc..], scale, cols);
             }
         }
     }

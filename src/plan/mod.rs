@@ -450,12 +450,11 @@ impl Dense {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        // `[outputs, inputs]` is a 1 x 1 kernel; its product rows are the inputs.
         let mut weights = vec![0.0; stored.len()];
-        for (output, row) in stored.chunks_exact(inputs).enumerate() {
-            for (input, &value) in row.iter().enumerate() {
-                weights[input * outputs + output] = value;
-            }
-        }
+        for_each_stored_tap(&stored, inputs, 1, |output, input, value| {
+            weights[input * outputs + output] = value;
+        });
         let bias = match linear.bias() {
             Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             None => vec![0.0; outputs],

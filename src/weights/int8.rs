@@ -403,9 +403,10 @@ impl Int8Weights {
 
     /// Reads an int8 file, checking the sha256 the manifest states.
     pub fn load(path: &Path, expected_sha256: &str) -> Result<Self> {
-        let bytes = super::read_verified(path, expected_sha256)?;
-        Self::from_bytes(&bytes)
-            .with_context(|| format!("the int8 weights file {} is not usable", path.display()))
+        super::read_verified(path, expected_sha256, |bytes| {
+            Self::from_bytes(bytes)
+                .with_context(|| format!("the int8 weights file {} is not usable", path.display()))
+        })
     }
 }
 

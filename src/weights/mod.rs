@@ -29,15 +29,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Reads a whole weights file and checks its sha256 against the manifest's.
-pub fn read_verified(path: &Path, expected_sha256: &str) -> Result<Vec<u8>> {
-    let bytes = read(path)?;
-    verify(path, &bytes, expected_sha256)?;
-    Ok(bytes)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read the weights file {}", path.display()))
+/// Reads a whole weights file, checks its sha256 against the manifest's and parses it.
+/// The hash and the parse run side by side (the hash alone was a tenth of the f32
+/// start-up); a parse of bytes whose hash is wrong is thrown away and the hash reported.
+pub fn read_verified<T: Send>(
+    path: &Path,
+    expected_sha256: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T> + Send,
+) -> Result<T> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the weights file {}", path.display()))?;
+    let (verified, parsed) =
+        rayon::join(|| verify(path, &bytes, expected_sha256), || parse(&bytes));
+    verified?;
+    parsed
 }
 
 /// Checks a weights file's bytes against the sha256 the manifest states.
@@ -88,17 +93,9 @@ impl CheckedWeights {
         self.tensors
     }
 
-    /// Reads, verifies and parses a weights file. The hash and the parse run side by side
-    /// (the hash alone was a tenth of the f32 start-up); a parse of bytes whose hash is wrong
-    /// is thrown away and the hash reported.
+    /// Reads, verifies and parses a weights file.
     pub fn load(path: &Path, expected_sha256: &str) -> Result<Self> {
-        let bytes = read(path)?;
-        let (verified, parsed) = rayon::join(
-            || verify(path, &bytes, expected_sha256),
-            || Self::from_bytes(path, &bytes),
-        );
-        verified?;
-        parsed
+        read_verified(path, expected_sha256, |bytes| Self::from_bytes(path, bytes))
     }
 
     /// Builds a model from these tensors, then refuses the file if it holds tensors the
