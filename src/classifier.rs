@@ -66,7 +66,7 @@ fn shared_resnet(
             // The plan folds each BatchNorm as it lays its layer out.
             let network = f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
                 .build(|vb| ResNet::new(&config, vb))?;
-            ResNetPlan::new(&network, precision)?
+            ResNetPlan::new(network, precision)?
         }
         Precision::Int8 => quantize::resnet_int8_plan(resnet, classes)?,
     });

@@ -103,7 +103,7 @@ pub fn model_files(data: &[u8]) {
         if let Ok(text) = std::str::from_utf8(bytes) {
             let _ = Manifest::parse(text, Path::new("/fuzz/models.toml"));
         }
-    } else if let Ok(weights) = CheckedWeights::from_bytes(Path::new("fuzz.safetensors"), bytes) {
+    } else if let Ok(weights) = CheckedWeights::from_source(Path::new("fuzz.safetensors"), bytes) {
         // A narrow ResNet: whatever the tensors hold, building fails cleanly or works.
         let config = Config {
             variant: Variant::V1,

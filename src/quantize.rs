@@ -48,7 +48,7 @@ pub fn resnet_int8_plan(resnet: &Backbone, classes: usize) -> Result<ResNetPlan>
     let config = resnet::Config::resnet50(resnet.variant, Some(classes));
     let structure = CheckedWeights::from_tensors(path, weights.with_conv_placeholders()?)
         .build(|vb| ResNet::new_folded(&config, vb))?;
-    ResNetPlan::from_int8(&structure, &weights)
+    ResNetPlan::from_int8(structure, &weights)
         .with_context(|| format!("cannot plan the int8 weights {}", path.display()))
 }
 

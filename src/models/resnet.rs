@@ -69,6 +69,14 @@ pub struct ConvBn {
     bn: Option<BatchNorm>,
 }
 
+/// A BatchNorm folded into the convolution before it: `conv(x) * scale + bias` per output
+/// channel, i.e. the kernel's output channels scaled and a new bias.
+#[derive(Debug, Clone)]
+pub struct ChannelFold {
+    pub scale: Tensor,
+    pub bias: Tensor,
+}
+
 /// How a network's normalization is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Form {
@@ -136,14 +144,40 @@ impl ConvBn {
     /// The same function for inference as one convolution with bias: saves a pass over
     /// every activation. The result can no longer train its statistics.
     pub fn fold_batch_norm(&self) -> Result<Self> {
-        match &self.bn {
-            Some(bn) => Ok(Self {
-                name: self.name.clone(),
-                conv: self.conv.absorb_bn(bn)?,
-                bn: None,
-            }),
-            None => Ok(self.clone()),
-        }
+        let Some(fold) = self.batch_norm_fold()? else {
+            return Ok(self.clone());
+        };
+        let weight = self.conv.weight();
+        let scale = fold.scale.reshape((weight.dim(0)?, 1, 1, 1))?;
+        Ok(Self {
+            name: self.name.clone(),
+            conv: Conv2d::new(
+                weight.broadcast_mul(&scale)?,
+                Some(fold.bias),
+                *self.conv.config(),
+            ),
+            bn: None,
+        })
+    }
+
+    /// The BatchNorm as its convolution absorbs it, unless it is folded already: a compiler
+    /// can then scale the kernel as it lays it out, never holding a folded copy.
+    pub fn batch_norm_fold(&self) -> Result<Option<ChannelFold>> {
+        let Some(bn) = &self.bn else {
+            return Ok(None);
+        };
+        let Some((gamma, beta)) = bn.weight_and_bias() else {
+            candle_core::bail!("{}: a BatchNorm without weight and bias", self.name);
+        };
+        let scale = gamma.div(&(bn.running_var() + bn.eps())?.sqrt()?)?;
+        let shifted_bias = match self.conv.bias() {
+            Some(bias) => bias.sub(bn.running_mean())?,
+            None => bn.running_mean().neg()?,
+        };
+        Ok(Some(ChannelFold {
+            bias: beta.add(&scale.mul(&shifted_bias)?)?,
+            scale,
+        }))
     }
 
     /// A folded layer's tensors under its convolution's name.
@@ -400,6 +434,13 @@ impl ResNet {
 
     pub fn stem(&self) -> &ConvBn {
         &self.stem
+    }
+
+    /// The stem, the blocks in order and the classifier, taken out of the network (a
+    /// compiler frees each one as soon as it has laid it out).
+    pub fn into_layers(self) -> (ConvBn, Vec<Bottleneck>, Option<Linear>) {
+        let blocks = self.stages.into_iter().flatten().collect();
+        (self.stem, blocks, self.fc)
     }
 
     pub fn stages(&self) -> &[Vec<Bottleneck>] {

@@ -7,7 +7,7 @@
 pub mod resnet;
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::kernels::gemm::MatMul;
 use crate::kernels::im2col::Window;
@@ -15,6 +15,7 @@ use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
 use rayon::prelude::*;
 
 use crate::kernels::{pool, quantize, Threads};
+use crate::models::resnet::ChannelFold;
 use crate::weights::int8::{quantize_channels, ChannelAxis, Int8Kernel};
 
 /// One image's activations, height x width x channels, channels fastest.
@@ -142,6 +143,25 @@ pub enum Epilogue<'a> {
     Linear,
 }
 
+/// Calls `read` with a tensor's values in f32, borrowing them where the tensor is already
+/// contiguous f32 in memory (a weights file's tensors are): copying them was a third of
+/// the f32 start-up's page faults.
+fn with_f32_values<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = tensor.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(read(&values[start..end]));
+        }
+    }
+    let copy = tensor
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(read(&copy))
+}
+
 /// Walks a kernel stored `[out, in, ky, kx]` (candle's and the files' order), giving each
 /// value with its output channel and its row of the lowered product, `[ky, kx, in]`.
 fn for_each_stored_tap<T: Copy>(
@@ -161,31 +181,63 @@ fn for_each_stored_tap<T: Copy>(
 }
 
 impl Conv2d {
-    /// Lays out a candle convolution (`[out, in, k, k]` weights, optional bias). An int8
-    /// convolution must only ever see non-negative inputs (it follows a ReLU).
-    pub fn from_candle(conv: &candle_nn::Conv2d, precision: Precision) -> Result<Self> {
-        let weight = conv.weight().to_dtype(DType::F32)?;
+    /// Lays out a candle convolution (`[out, in, k, k]` weights, optional bias), with the
+    /// BatchNorm `fold` absorbs folded in as the weights are laid out. An int8 convolution
+    /// must only ever see non-negative inputs (it follows a ReLU).
+    pub fn from_candle(
+        conv: &candle_nn::Conv2d,
+        fold: Option<&ChannelFold>,
+        precision: Precision,
+    ) -> Result<Self> {
+        let mut layer = Self::geometry(conv)?;
+        let scale = match fold {
+            Some(fold) => {
+                layer.bias = fold.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                Some(fold.scale.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+            }
+            None => None,
+        };
+        ensure!(
+            scale.as_ref().is_none_or(|s| s.len() == layer.out_channels)
+                && layer.bias.len() == layer.out_channels,
+            "a BatchNorm or bias of another width than the convolution's {} outputs",
+            layer.out_channels
+        );
+        let folded = |out: usize, value: f32| match &scale {
+            Some(scale) => value * scale[out],
+            None => value,
+        };
+        let weight = conv.weight();
         if precision == Precision::Int8 {
             // Quantized as stored ([out, in, k, k]), then laid out like a stored kernel.
-            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            let per_output = weight.elem_count() / layer.out_channels;
+            let values = with_f32_values(weight, |stored| {
+                let outputs = stored.chunks_exact(per_output).enumerate();
+                outputs
+                    .flat_map(|(out, kernel)| kernel.iter().map(move |&value| folded(out, value)))
+                    .collect::<Vec<_>>()
+            })?;
             let (quantized, scales) =
-                quantize_channels(&values, weight.dim(0)?, ChannelAxis::First);
+                quantize_channels(&values, layer.out_channels, ChannelAxis::First);
             let kernel = Int8Kernel {
                 values: &quantized,
                 shape: weight.dims(),
                 scales: &scales,
                 axis: ChannelAxis::First,
             };
-            return Self::from_int8(conv, kernel);
+            return Self::from_int8(conv, kernel).map(|int8| Self {
+                bias: layer.bias,
+                ..int8
+            });
         }
-        let layer = Self::geometry(conv)?;
         // A loop, not candle's permute: its strided copy was a sixth of the f32 start-up.
-        let stored = weight.flatten_all()?.to_vec1::<f32>()?;
-        let mut weights = vec![0.0; stored.len()];
         let (in_channels, out_channels) = (layer.in_channels, layer.out_channels);
-        for_each_stored_tap(&stored, in_channels, layer.kernel, |out, row, value| {
-            weights[row * out_channels + out] = value;
-        });
+        let mut weights = vec![0.0; weight.elem_count()];
+        with_f32_values(weight, |stored| {
+            for_each_stored_tap(stored, in_channels, layer.kernel, |out, row, value| {
+                weights[row * out_channels + out] = folded(out, value);
+            })
+        })?;
         Ok(Self {
             weights: ConvWeights::F32(weights),
             ..layer
@@ -445,16 +497,13 @@ pub struct Dense {
 impl Dense {
     pub fn from_candle(linear: &candle_nn::Linear) -> Result<Self> {
         let (outputs, inputs) = linear.weight().dims2()?;
-        let stored = linear
-            .weight()
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         // `[outputs, inputs]` is a 1 x 1 kernel; its product rows are the inputs.
-        let mut weights = vec![0.0; stored.len()];
-        for_each_stored_tap(&stored, inputs, 1, |output, input, value| {
-            weights[input * outputs + output] = value;
-        });
+        let mut weights = vec![0.0; outputs * inputs];
+        with_f32_values(linear.weight(), |stored| {
+            for_each_stored_tap(stored, inputs, 1, |output, input, value| {
+                weights[input * outputs + output] = value;
+            })
+        })?;
         let bias = match linear.bias() {
             Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             None => vec![0.0; outputs],
@@ -553,7 +602,7 @@ mod tests {
             let (_, _, out_h, out_w) = expected.dims4().unwrap();
             let shortcut = rng.vec(out_h * out_w * cout);
 
-            let planned = Conv2d::from_candle(&candle_conv, Precision::F32).unwrap();
+            let planned = Conv2d::from_candle(&candle_conv, None, Precision::F32).unwrap();
             let mut x = FeatureMap::default();
             x.load_chw(&input.flatten_all().unwrap().to_vec1().unwrap(), cin, h, w);
             let (mut out, mut scratch) = (FeatureMap::default(), Scratch::default());
@@ -600,7 +649,7 @@ mod tests {
             let input: Vec<f32> = rng.vec(cin * h * w).iter().map(|v| v.max(0.0)).collect();
             x.load_chw(&input, cin, h, w);
             let run = |precision| {
-                let conv = Conv2d::from_candle(&candle_conv, precision).unwrap();
+                let conv = Conv2d::from_candle(&candle_conv, None, precision).unwrap();
                 let (mut out, mut scratch) = (FeatureMap::default(), Scratch::default());
                 conv.forward(
                     &x,
@@ -636,6 +685,7 @@ mod tests {
         };
         let conv = Conv2d::from_candle(
             &candle_nn::Conv2d::new(weight, Some(bias), config),
+            None,
             Precision::Int8,
         )
         .unwrap();

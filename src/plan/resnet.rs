@@ -37,10 +37,11 @@ pub struct ResNetPlan {
     arena: Arena<Workspace>,
 }
 
-/// Lays out one layer, its BatchNorm folded first: one layer's folded copy at a time, so
-/// loading never holds a folded copy of the whole network beside the original.
+/// Lays out one layer, its BatchNorm folded in as the weights are laid out.
 fn conv(layer: &ConvBn, precision: Precision) -> Result<Conv2d> {
-    Conv2d::from_candle(layer.fold_batch_norm()?.conv(), precision)
+    let fold = layer.batch_norm_fold()?;
+    Conv2d::from_candle(layer.conv(), fold.as_ref(), precision)
+        .with_context(|| format!("layer {}", layer.name()))
 }
 
 impl BottleneckPlan {
@@ -88,16 +89,17 @@ impl BottleneckPlan {
 }
 
 impl ResNetPlan {
-    /// Compiles a ResNet, folding its BatchNorms layer by layer. With int8, the stem (whose input
-    /// is signed) and the classifier (1 % of the work) stay f32.
-    pub fn new(model: &ResNet, precision: Precision) -> Result<Self> {
+    /// Compiles a ResNet, folding its BatchNorms layer by layer, and frees each layer once
+    /// laid out (loading never holds the model and its plan whole side by side). With int8,
+    /// the stem (whose input is signed) and the classifier (1 % of the work) stay f32.
+    pub fn new(model: ResNet, precision: Precision) -> Result<Self> {
         Self::build(model, |layer| conv(layer, precision))
     }
 
     /// Compiles a folded ResNet at int8 with the blocks' kernels as `weights` store them
     /// (the model may hold placeholders for them: see
     /// [`Int8Weights::with_conv_placeholders`]); the stem must be stored in f32.
-    pub fn from_int8(model: &ResNet, weights: &Int8Weights) -> Result<Self> {
+    pub fn from_int8(model: ResNet, weights: &Int8Weights) -> Result<Self> {
         let kernel_of = |layer: &ConvBn| {
             let name = format!("{}.weight", layer.name());
             weights.kernel(&name).map(|kernel| (name, kernel))
@@ -116,20 +118,18 @@ impl ResNetPlan {
         })
     }
 
-    fn build(
-        model: &ResNet,
-        block_conv: impl Fn(&ConvBn) -> Result<Conv2d> + Sync,
-    ) -> Result<Self> {
-        // One block per core at a time: laying out 100 MB of weights is start-up time.
-        let blocks: Vec<_> = model.stages().iter().flatten().collect();
+    fn build(model: ResNet, block_conv: impl Fn(&ConvBn) -> Result<Conv2d> + Sync) -> Result<Self> {
+        let feature_dim = model.config().feature_dim();
+        let (stem, blocks, fc) = model.into_layers();
         Ok(Self {
-            stem: conv(model.stem(), Precision::F32)?,
+            stem: conv(&stem, Precision::F32)?,
+            // One block per core at a time: laying out 100 MB of weights is start-up time.
             blocks: blocks
-                .par_iter()
-                .map(|block| BottleneckPlan::new(block, &block_conv))
+                .into_par_iter()
+                .map(|block| BottleneckPlan::new(&block, &block_conv))
                 .collect::<Result<_>>()?,
-            fc: model.fc().map(Dense::from_candle).transpose()?,
-            feature_dim: model.config().feature_dim(),
+            fc: fc.as_ref().map(Dense::from_candle).transpose()?,
+            feature_dim,
             arena: Arena::default(),
         })
     }
@@ -233,7 +233,7 @@ mod tests {
     fn the_plan_computes_what_the_candle_module_computes() {
         for variant in [Variant::V1, Variant::V1_5] {
             let model = small_resnet(variant);
-            let plan = ResNetPlan::new(&model, Precision::F32).unwrap();
+            let plan = ResNetPlan::new(model.clone(), Precision::F32).unwrap();
             let input = Tensor::rand(-2f32, 2.0, (1, 3, 45, 37), &Device::Cpu).unwrap();
             let expected = model
                 .forward_t(&input, false)
@@ -275,9 +275,9 @@ mod tests {
         };
         let weights = quantize(&["conv1.weight"]);
         let dequantized = build(weights.dequantized().unwrap());
-        let expected = ResNetPlan::new(&dequantized, Precision::Int8).unwrap();
+        let expected = ResNetPlan::new(dequantized, Precision::Int8).unwrap();
         let structure = build(weights.with_conv_placeholders().unwrap());
-        let planned = ResNetPlan::from_int8(&structure, &weights).unwrap();
+        let planned = ResNetPlan::from_int8(structure, &weights).unwrap();
         let chw: Vec<f32> = (0..3 * 41 * 33).map(|i| (i as f32 * 0.7).sin()).collect();
         let (ours, theirs) = (
             planned.forward(&chw, 41, 33, Threads(2)),
@@ -289,15 +289,15 @@ mod tests {
 
         let all_int8 = quantize(&[]);
         let structure = build(all_int8.with_conv_placeholders().unwrap());
-        let error = ResNetPlan::from_int8(&structure, &all_int8).unwrap_err();
+        let error = ResNetPlan::from_int8(structure, &all_int8).unwrap_err();
         assert!(error.to_string().contains("stem conv1.weight"), "{error}");
     }
 
     #[test]
     fn an_unfolded_model_plans_as_its_folded_form() {
         let model = small_resnet(Variant::V1);
-        let unfolded = ResNetPlan::new(&model, Precision::F32).unwrap();
-        let folded = ResNetPlan::new(&model.fold_batch_norm().unwrap(), Precision::F32).unwrap();
+        let unfolded = ResNetPlan::new(model.clone(), Precision::F32).unwrap();
+        let folded = ResNetPlan::new(model.fold_batch_norm().unwrap(), Precision::F32).unwrap();
         let chw: Vec<f32> = (0..3 * 41 * 33).map(|i| (i as f32 * 0.7).sin()).collect();
         assert_eq!(
             unfolded.forward(&chw, 41, 33, Threads(1)),

@@ -403,8 +403,8 @@ impl Int8Weights {
 
     /// Reads an int8 file, checking the sha256 the manifest states.
     pub fn load(path: &Path, expected_sha256: &str) -> Result<Self> {
-        super::read_verified(path, expected_sha256, |bytes| {
-            Self::from_bytes(bytes)
+        super::read_verified(path, expected_sha256, |file| {
+            Self::from_bytes(&super::read_all(file)?)
                 .with_context(|| format!("the int8 weights file {} is not usable", path.display()))
         })
     }

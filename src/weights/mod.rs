@@ -6,13 +6,18 @@
 pub mod int8;
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
+use safetensors::tensor::{Metadata, TensorInfo, TensorView};
+use safetensors::Dtype;
 use sha2::{Digest, Sha256};
 
 /// Bookkeeping tensors that training frameworks save but inference never reads.
@@ -20,8 +25,8 @@ const IGNORED_SUFFIXES: [&str; 1] = ["num_batches_tracked"];
 
 /// The sha256 of a file, in hex (what the manifest states for a weights file).
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(sha256_hex(&bytes))
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    sha256_of(&file).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The sha256 of bytes, in hex.
@@ -29,34 +34,199 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Reads a whole weights file, checks its sha256 against the manifest's and parses it.
-/// The hash and the parse run side by side (the hash alone was a tenth of the f32
-/// start-up); a parse of bytes whose hash is wrong is thrown away and the hash reported.
+/// Where weights are read from: a file or bytes in memory, read at given offsets, so that
+/// the hash and the parse read one open file side by side, each at its own place.
+pub trait ReadAt: Sync {
+    fn byte_len(&self) -> io::Result<u64>;
+    /// Fills `buffer` from `offset` on, or fails with `UnexpectedEof`.
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn byte_len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    #[cfg(unix)]
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buffer, offset)
+    }
+
+    #[cfg(windows)]
+    fn read_exact_at(&self, mut buffer: &mut [u8], mut offset: u64) -> io::Result<()> {
+        // `seek_read` moves the shared cursor, which no reader here relies on.
+        while !buffer.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(self, buffer, offset)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                read => {
+                    buffer = &mut buffer[read..];
+                    offset += read as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReadAt for [u8] {
+    fn byte_len(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        let source = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(buffer.len())?))
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buffer.copy_from_slice(source);
+        Ok(())
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn byte_len(&self) -> io::Result<u64> {
+        self.as_slice().byte_len()
+    }
+
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        self.as_slice().read_exact_at(buffer, offset)
+    }
+}
+
+/// A whole source in memory.
+pub fn read_all(source: &(impl ReadAt + ?Sized)) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(source.byte_len()?).map_err(|_| io::ErrorKind::OutOfMemory)?;
+    let mut bytes = vec![0; len];
+    source.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// The sha256 of a source, in hex, read a block at a time (never all of it in memory).
+pub fn sha256_of(source: &(impl ReadAt + ?Sized)) -> io::Result<String> {
+    const BLOCK: u64 = 1 << 20;
+    let len = source.byte_len()?;
+    let mut hasher = Sha256::new();
+    let mut block = vec![0; BLOCK.min(len) as usize];
+    let mut offset = 0;
+    while offset < len {
+        let block = &mut block[..BLOCK.min(len - offset) as usize];
+        source.read_exact_at(block, offset)?;
+        hasher.update(&*block);
+        offset += block.len() as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Opens a weights file, checks its sha256 against the manifest's and parses it. The hash
+/// runs beside the parse, over its own reads of the same open file (the hash alone was a
+/// tenth of the f32 start-up); a parse of a file whose hash is wrong is thrown away and the
+/// hash reported. A file that cannot be read at offsets (a pipe) is read whole first.
 pub fn read_verified<T: Send>(
     path: &Path,
     expected_sha256: &str,
-    parse: impl FnOnce(&[u8]) -> Result<T> + Send,
+    parse: impl FnOnce(&dyn ReadAt) -> Result<T> + Send,
 ) -> Result<T> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the weights file {}", path.display()))?;
+    let cannot_read = || format!("cannot read the weights file {}", path.display());
+    let file = File::open(path).with_context(cannot_read)?;
+    let streamed: Vec<u8>;
+    let source: &dyn ReadAt = if file.metadata().with_context(cannot_read)?.is_file() {
+        &file
+    } else {
+        streamed = read_stream(file).with_context(cannot_read)?;
+        &streamed
+    };
     let (verified, parsed) =
-        rayon::join(|| verify(path, &bytes, expected_sha256), || parse(&bytes));
+        rayon::join(|| verify(path, source, expected_sha256), || parse(source));
     verified?;
     parsed
 }
 
-/// Checks a weights file's bytes against the sha256 the manifest states.
-fn verify(path: &Path, bytes: &[u8], expected_sha256: &str) -> Result<()> {
-    let actual = sha256_hex(bytes);
+fn read_stream(mut stream: impl io::Read) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Checks a weights file against the sha256 the manifest states.
+fn verify(path: &Path, source: &dyn ReadAt, expected_sha256: &str) -> Result<()> {
+    let actual = sha256_of(source)
+        .with_context(|| format!("cannot read the weights file {}", path.display()))?;
     if !actual.eq_ignore_ascii_case(expected_sha256) {
         bail!(
             "the weights file {} is not the one the manifest names: its sha256 is {actual}, \
              expected {expected_sha256} ({} bytes; a truncated or replaced file?)",
             path.display(),
-            bytes.len()
+            source.byte_len().unwrap_or_default()
         );
     }
     Ok(())
+}
+
+/// The safetensors format's bound on its JSON header.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Reads safetensors tensor by tensor, straight into the tensors' own memory: the file's
+/// bytes are never held beside the tensors made from them (that copy was half the f32
+/// start-up's memory and page faults).
+fn read_tensors(source: &(impl ReadAt + ?Sized)) -> Result<HashMap<String, Tensor>> {
+    let file_len = source.byte_len()?;
+    let mut prefix = [0; 8];
+    source
+        .read_exact_at(&mut prefix, 0)
+        .context("shorter than a safetensors header")?;
+    let header_len = u64::from_le_bytes(prefix);
+    ensure!(
+        header_len <= MAX_HEADER_BYTES && 8 + header_len <= file_len,
+        "its header length {header_len} does not fit a file of {file_len} bytes"
+    );
+    let mut header = vec![0; header_len as usize];
+    source.read_exact_at(&mut header, 8)?;
+    let metadata: Metadata =
+        serde_json::from_slice(&header).context("its header is not a safetensors header")?;
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    ensure!(
+        metadata.data_len() as u64 == data_len,
+        "its header describes {} bytes of tensors, the file holds {data_len}",
+        metadata.data_len()
+    );
+    metadata
+        .offset_keys()
+        .into_iter()
+        .map(|name| {
+            let info = metadata.info(&name).expect("offset_keys names its tensors");
+            let tensor =
+                read_tensor(source, data_start, info).with_context(|| format!("tensor {name}"))?;
+            Ok((name, tensor))
+        })
+        .collect()
+}
+
+fn read_tensor(
+    source: &(impl ReadAt + ?Sized),
+    data_start: u64,
+    info: &TensorInfo,
+) -> Result<Tensor> {
+    let (start, end) = info.data_offsets;
+    let offset = data_start + start as u64;
+    if info.dtype == Dtype::F32 {
+        // Read into the f32s themselves: no staging copy.
+        let mut values = vec![0f32; (end - start) / 4];
+        source.read_exact_at(bytemuck::cast_slice_mut(&mut values), offset)?;
+        if cfg!(target_endian = "big") {
+            for value in &mut values {
+                *value = f32::from_bits(u32::from_le(value.to_bits()));
+            }
+        }
+        return Ok(Tensor::from_vec(
+            values,
+            info.shape.as_slice(),
+            &Device::Cpu,
+        )?);
+    }
+    let mut bytes = vec![0; end - start];
+    source.read_exact_at(&mut bytes, offset)?;
+    Ok(TensorView::new(info.dtype, info.shape.clone(), &bytes)?.load(&Device::Cpu)?)
 }
 
 /// The tensors of one safetensors file, handed out to a model's constructor.
@@ -67,15 +237,14 @@ pub struct CheckedWeights {
 }
 
 impl CheckedWeights {
-    /// Parses safetensors bytes read from `path`.
-    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let tensors =
-            candle_core::safetensors::load_buffer(bytes, &Device::Cpu).with_context(|| {
-                format!(
-                    "the weights file {} is not a valid safetensors file (truncated or corrupted?)",
-                    path.display()
-                )
-            })?;
+    /// Parses safetensors read from `path`.
+    pub fn from_source(path: &Path, source: &(impl ReadAt + ?Sized)) -> Result<Self> {
+        let tensors = read_tensors(source).with_context(|| {
+            format!(
+                "the weights file {} is not a valid safetensors file (truncated or corrupted?)",
+                path.display()
+            )
+        })?;
         Ok(Self::from_tensors(path, tensors))
     }
 
@@ -95,7 +264,7 @@ impl CheckedWeights {
 
     /// Reads, verifies and parses a weights file.
     pub fn load(path: &Path, expected_sha256: &str) -> Result<Self> {
-        read_verified(path, expected_sha256, |bytes| Self::from_bytes(path, bytes))
+        read_verified(path, expected_sha256, |file| Self::from_source(path, file))
     }
 
     /// Builds a model from these tensors, then refuses the file if it holds tensors the
@@ -183,5 +352,98 @@ impl SimpleBackend for SharedWeights {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.tensors.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensors_of_every_kind() -> HashMap<String, Tensor> {
+        let cpu = &Device::Cpu;
+        let ramp = Tensor::arange(-6f32, 6.0, cpu).unwrap();
+        HashMap::from([
+            ("conv.weight".to_string(), ramp.reshape((3, 2, 2)).unwrap()),
+            (
+                "empty".to_string(),
+                Tensor::zeros(0, DType::F32, cpu).unwrap(),
+            ),
+            ("steps".to_string(), Tensor::new(&[7i64, -1], cpu).unwrap()),
+            ("half".to_string(), ramp.to_dtype(DType::F16).unwrap()),
+            ("bytes".to_string(), Tensor::new(&[0u8, 255], cpu).unwrap()),
+        ])
+    }
+
+    fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        candle_core::safetensors::save(tensors, &path).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn streamed_tensors_are_candles_parse() {
+        let bytes = safetensors_bytes(&tensors_of_every_kind());
+        let expected = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = read_tensors(&File::open(&path).unwrap()).unwrap();
+        for ours in [read_tensors(&bytes[..]).unwrap(), from_file] {
+            assert_eq!(ours.len(), expected.len());
+            for (name, tensor) in &expected {
+                let theirs = tensor.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+                let mine = ours[name]
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap();
+                assert_eq!(ours[name].dtype(), tensor.dtype(), "{name}");
+                assert_eq!(ours[name].dims(), tensor.dims(), "{name}");
+                assert_eq!(
+                    mine.to_vec1::<f64>().unwrap(),
+                    theirs.to_vec1::<f64>().unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn broken_containers_are_refused_with_the_reason() {
+        let bytes = safetensors_bytes(&tensors_of_every_kind());
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let mut huge_header = bytes.clone();
+        huge_header[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        let mut not_json = bytes.clone();
+        not_json[8] = b'!';
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let cases: [(&[u8], &str); 6] = [
+            (&[], "shorter than a safetensors header"),
+            (&bytes[..5], "shorter than a safetensors header"),
+            (&huge_header, "does not fit"),
+            (&not_json, "not a safetensors header"),
+            (&bytes[..8 + header_len as usize + 3], "bytes of tensors"),
+            (&longer, "bytes of tensors"),
+        ];
+        for (source, reason) in cases {
+            let error = format!("{:#}", read_tensors(source).unwrap_err());
+            assert!(error.contains(reason), "{reason}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_streamed_sha256_is_the_digest_of_all_bytes() {
+        let bytes: Vec<u8> = (0..(2 << 20) + 5).map(|i| (i * 7 % 251) as u8).collect();
+        for len in [0, 1, 1 << 20, bytes.len()] {
+            let source = &bytes[..len];
+            assert_eq!(
+                sha256_of(source).unwrap(),
+                sha256_hex(source),
+                "{len} bytes"
+            );
+        }
+        let past_the_end = bytes[..4].read_exact_at(&mut [0; 2], 3).unwrap_err();
+        assert_eq!(past_the_end.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
