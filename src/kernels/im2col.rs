@@ -123,9 +123,9 @@ impl Window {
         }
     }
 
-    /// The largest of `pixel_max` over one output pixel's receptive field (0 when it lies
-    /// in the padding only): the largest value of its lowered row.
-    fn field_max(&self, pixel_max: &[f32], out_y: usize, out_x: usize) -> f32 {
+    /// The largest of `pixel_max(pixel)` over one output pixel's receptive field (0 when it
+    /// lies in the padding only): the largest value of its lowered row.
+    fn field_max(&self, pixel_max: impl Fn(usize) -> f32, out_y: usize, out_x: usize) -> f32 {
         let mut largest = 0f32;
         for ky in 0..self.kernel {
             let y = (out_y * self.stride + ky) as isize - self.padding as isize;
@@ -135,7 +135,7 @@ impl Window {
             for kx in 0..self.kernel {
                 let x = (out_x * self.stride + kx) as isize - self.padding as isize;
                 if x >= 0 && x < self.width as isize {
-                    largest = larger(largest, pixel_max[y as usize * self.width + x as usize]);
+                    largest = larger(largest, pixel_max(y as usize * self.width + x as usize));
                 }
             }
         }
@@ -145,19 +145,28 @@ impl Window {
     /// Rows `first_row..` of the lowered matrix of non-negative activations, quantized to
     /// `0..=max` straight from the f32 input (no f32 copy of the rows): each row gets its
     /// own scale, its largest value / `max` (0 for a row of zeros), written to
-    /// `row_scales`. `pixel_max` holds each input pixel's largest value ([`quantize::maxima`]), so each row's largest
-    /// value costs nine lookups instead of a pass over the row.
+    /// `row_scales`. `pixel_max`, when given, holds each input pixel's largest value
+    /// ([`quantize::maxima`]), so each row's largest value costs nine lookups instead of a
+    /// pass over the row: worth it where windows overlap. Without it (1 x 1 windows, whose
+    /// pixels each serve one row at most) each row's pixels are scanned.
     pub fn lower_quantized(
         &self,
         input: &[f32],
-        pixel_max: &[f32],
+        pixel_max: Option<&[f32]>,
         first_row: usize,
         max: u8,
         out: &mut [u8],
         row_scales: &mut [f32],
     ) {
-        assert_eq!(input.len(), self.height * self.width * self.channels);
-        assert_eq!(pixel_max.len(), self.height * self.width);
+        let channels = self.channels;
+        assert_eq!(input.len(), self.height * self.width * channels);
+        if let Some(pixel_max) = pixel_max {
+            assert_eq!(pixel_max.len(), self.height * self.width);
+        }
+        let largest_of = |pixel: usize| match pixel_max {
+            Some(pixel_max) => pixel_max[pixel],
+            None => quantize::max_value(&input[pixel * channels..][..channels]),
+        };
         let out_width = self.out_width();
         for (i, (row, row_scale)) in out
             .chunks_exact_mut(self.patch_len())
@@ -165,7 +174,7 @@ impl Window {
             .enumerate()
         {
             let (out_y, out_x) = ((first_row + i) / out_width, (first_row + i) % out_width);
-            let largest = self.field_max(pixel_max, out_y, out_x);
+            let largest = self.field_max(largest_of, out_y, out_x);
             if largest <= 0.0 {
                 row.fill(0);
                 *row_scale = 0.0;
@@ -294,8 +303,10 @@ mod tests {
             let split = rng.below(window.rows() + 1);
             let (head, tail) = out.split_at_mut(split * patch);
             let (head_scales, tail_scales) = scales.split_at_mut(split);
-            window.lower_quantized(&input, &pixel_max, 0, max, head, head_scales);
-            window.lower_quantized(&input, &pixel_max, split, max, tail, tail_scales);
+            // Every other case finds each row's largest value by scanning its pixels.
+            let pixel_max = (case % 2 == 0).then_some(&pixel_max[..]);
+            window.lower_quantized(&input, pixel_max, 0, max, head, head_scales);
+            window.lower_quantized(&input, pixel_max, split, max, tail, tail_scales);
 
             let reference = window.lower_reference(&input);
             for (row, (bytes, &scale)) in reference

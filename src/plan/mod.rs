@@ -386,18 +386,23 @@ impl Conv2d {
                     pixel_max,
                     ..
                 } = scratch;
-                let pixel_max = prefix(pixel_max, input.height * input.width);
-                let channels = input.channels;
-                if bands == 1 {
-                    quantize::maxima(input.data(), channels, pixel_max);
-                } else {
-                    let per_band = pixel_max.len().div_ceil(bands);
-                    pixel_max
-                        .par_chunks_mut(per_band)
-                        .zip(input.data().par_chunks(per_band * channels))
-                        .for_each(|(out, pixels)| quantize::maxima(pixels, channels, out));
-                }
-                let pixel_max: &[f32] = pixel_max;
+                // Each pixel's largest value first where windows overlap (a pixel then
+                // serves up to nine rows); 1 x 1 windows scan their one pixel in the band,
+                // which saves a parallel pass per layer.
+                let pixel_max = (self.kernel > 1).then(|| {
+                    let pixel_max = prefix(pixel_max, input.height * input.width);
+                    let channels = input.channels;
+                    if bands == 1 {
+                        quantize::maxima(input.data(), channels, pixel_max);
+                    } else {
+                        let per_band = pixel_max.len().div_ceil(bands);
+                        pixel_max
+                            .par_chunks_mut(per_band)
+                            .zip(input.data().par_chunks(per_band * channels))
+                            .for_each(|(out, pixels)| quantize::maxima(pixels, channels, out));
+                    }
+                    &*pixel_max
+                });
                 let buffers: Vec<_> = prefix(lowered_quantized, rows * patch)
                     .chunks_mut(rows_per_band * patch)
                     .zip(prefix(row_scales, rows).chunks_mut(rows_per_band))
