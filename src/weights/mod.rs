@@ -374,20 +374,19 @@ mod tests {
         ])
     }
 
-    fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Vec<u8> {
+    /// The tensors saved by candle: the file (kept while the folder lives) and its bytes.
+    fn saved(tensors: &HashMap<String, Tensor>) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         candle_core::safetensors::save(tensors, &path).unwrap();
-        std::fs::read(path).unwrap()
+        let bytes = std::fs::read(&path).unwrap();
+        (dir, path, bytes)
     }
 
     #[test]
     fn streamed_tensors_are_candles_parse() {
-        let bytes = safetensors_bytes(&tensors_of_every_kind());
+        let (_dir, path, bytes) = saved(&tensors_of_every_kind());
         let expected = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.safetensors");
-        std::fs::write(&path, &bytes).unwrap();
         let from_file = read_tensors(&File::open(&path).unwrap()).unwrap();
         for ours in [read_tensors(&bytes[..]).unwrap(), from_file] {
             assert_eq!(ours.len(), expected.len());
@@ -410,7 +409,7 @@ mod tests {
 
     #[test]
     fn broken_containers_are_refused_with_the_reason() {
-        let bytes = safetensors_bytes(&tensors_of_every_kind());
+        let (_dir, _, bytes) = saved(&tensors_of_every_kind());
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         let mut huge_header = bytes.clone();
         huge_header[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
