@@ -265,7 +265,7 @@ mod tiled {
             ..
         } = t;
         let mut acc = [[vdupq_n_f32(0.0); 2]; R];
-        let mut a: [*const f32; R] = std::array::from_fn(|r| t.a[r]);
+        let mut a: [*const f32; R] = crate::kernels::unrolled(|r| t.a[r]);
         // One k: its eight weights times lane `$lane` of each row's values.
         macro_rules! step {
             ($values:ident, $lane:literal) => {{
@@ -278,7 +278,7 @@ mod tiled {
             }};
         }
         for _ in 0..k / 4 {
-            let values: [float32x4_t; R] = std::array::from_fn(|r| vld1q_f32(a[r]));
+            let values: [float32x4_t; R] = crate::kernels::unrolled(|r| vld1q_f32(a[r]));
             step!(values, 0);
             step!(values, 1);
             step!(values, 2);
@@ -286,7 +286,7 @@ mod tiled {
             a = a.map(|row| row.add(4));
         }
         for _ in 0..k % 4 {
-            let values: [float32x4_t; R] = std::array::from_fn(|r| vld1q_dup_f32(a[r]));
+            let values: [float32x4_t; R] = crate::kernels::unrolled(|r| vld1q_dup_f32(a[r]));
             step!(values, 0);
             a = a.map(|row| row.add(1));
         }
@@ -351,7 +351,7 @@ mod tiled {
                         // A short tile repeats its last row; only real rows are kept.
                         let mut operands = Operands {
                             k: depth_len,
-                            a: std::array::from_fn(|r| {
+                            a: crate::kernels::unrolled(|r| {
                                 p.a[(row + r.min(rows - 1)) * lda + depth..].as_ptr()
                             }),
                             b: b.as_ptr(),

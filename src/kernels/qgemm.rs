@@ -2,7 +2,8 @@
 //! so zero point 0) times i8 weights (symmetric, one scale per output channel), i32
 //! accumulation, and the dequantizing epilogue `c += acc * scale[col] * row_scale[row]`
 //! (activations are quantized row by row, one scale each) fused into the
-//! store, so bias, shortcut and ReLU stay where the f32 path has them.
+//! store. [`Kernel::run`] starts the sums at the bias (plus a shortcut) and ends them in
+//! the ReLU ([`Finish`]): the x86 kernels in the same store, the others in passes.
 //!
 //! Kernels, chosen once at run time from the CPU's features:
 //! - `reference`: portable loops, every CPU; the oracle of the tests;
@@ -26,6 +27,8 @@
 //! comparisons); a kernel the CPU lacks is refused with a warning.
 
 use std::sync::OnceLock;
+
+use super::Finish;
 
 /// Output columns per packed weight panel.
 pub const PANEL: usize = 32;
@@ -140,13 +143,37 @@ pub struct Kernel {
     /// Largest activation value the kernel takes (quantize to 0..=this).
     pub max_activation: u8,
     run: fn(&QMatMul, &mut [f32]),
+    /// The product with its start and ReLU applied in the kernel's stores, where the
+    /// kernel has it: on x86 (filling each output with the bias first was 7 % of an int8
+    /// pass). The same store on NEON cost 240 M more instructions per image under qemu
+    /// (cortex-a72, cause not found), so there the passes stay.
+    fused: Option<fn(&QMatMul, &mut [f32], &Finish)>,
 }
 
 impl Kernel {
+    /// `c += product`.
     pub fn accumulate(&self, product: &QMatMul, c: &mut [f32]) {
+        self.run(product, c, &Finish::ACCUMULATE)
+    }
+
+    /// `c = finish(start + product)`; `c` holds exactly the `m x n` results.
+    pub fn run(&self, product: &QMatMul, c: &mut [f32], finish: &Finish) {
         product.check(c);
-        if product.m > 0 && product.b.n > 0 && product.b.k > 0 {
-            (self.run)(product, c);
+        let n = product.b.n;
+        assert_eq!(c.len(), product.m * n, "c is m x n");
+        finish.check(c, n);
+        if product.m == 0 || n == 0 {
+            return;
+        }
+        match self.fused {
+            Some(fused) if product.b.k > 0 => fused(product, c, finish),
+            _ => {
+                finish.fill_start(c, n);
+                if product.b.k > 0 {
+                    (self.run)(product, c);
+                }
+                finish.apply_relu(c);
+            }
         }
     }
 }
@@ -155,6 +182,7 @@ pub static REFERENCE: Kernel = Kernel {
     name: "reference",
     max_activation: 255,
     run: reference,
+    fused: None,
 };
 
 fn reference(p: &QMatMul, c: &mut [f32]) {
@@ -275,35 +303,86 @@ macro_rules! for_row_tiles {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{quad_of, Kernel, QMatMul, PANEL, QUAD_BYTES};
+    use super::{quad_of, Finish, Kernel, QMatMul, PANEL, QUAD_BYTES};
+    use crate::kernels::Start;
+
+    /// A tile's share of a [`Finish`]: its sums go onto the output, or onto the bias (plus
+    /// the shortcut) from the tile's first column; then through the ReLU or not.
+    struct TileFinish<'a> {
+        bias: Option<&'a [f32]>,
+        shortcut: Option<&'a [f32]>,
+        relu: bool,
+    }
+
+    impl<'a> TileFinish<'a> {
+        /// The tile from `row`, `col` of an output with rows of `n`.
+        fn at(finish: &Finish<'a>, n: usize, row: usize, col: usize) -> Self {
+            let (bias, shortcut) = match finish.start {
+                Start::Output => (None, None),
+                Start::Bias { bias, shortcut } => {
+                    (Some(&bias[col..]), shortcut.map(|s| &s[row * n + col..]))
+                }
+            };
+            Self {
+                bias,
+                shortcut,
+                relu: finish.relu,
+            }
+        }
+
+        /// The ReLU, if any, on one value.
+        #[inline(always)]
+        fn finish_value(&self, value: f32) -> f32 {
+            if self.relu {
+                crate::kernels::pool::larger(value, 0.0)
+            } else {
+                value
+            }
+        }
+
+        /// Row `r`'s start for the tile's columns `first..first + cols`: the bias plus the
+        /// shortcut, or `None` to add onto the output.
+        #[inline(always)]
+        fn start_value(&self, r: usize, ldc: usize, col: usize) -> Option<f32> {
+            let bias = self.bias?[col];
+            Some(match self.shortcut {
+                Some(shortcut) => bias + shortcut[r * ldc + col],
+                None => bias,
+            })
+        }
+    }
 
     pub static AVX2: Kernel = Kernel {
         name: "avx2",
         max_activation: 127,
-        run: |p, c| unsafe { run_avx2(p, c) },
+        run: |p, c| unsafe { run_avx2(p, c, &Finish::ACCUMULATE) },
+        fused: Some(|p, c, finish| unsafe { run_avx2(p, c, finish) }),
     };
 
     pub static AVX512_VNNI: Kernel = Kernel {
         name: "avx512vnni",
         max_activation: 255,
-        run: |p, c| unsafe { run_vnni(p, c) },
+        run: |p, c| unsafe { run_vnni(p, c, &Finish::ACCUMULATE) },
+        fused: Some(|p, c, finish| unsafe { run_vnni(p, c, finish) }),
     };
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn run_vnni(p: &QMatMul, c: &mut [f32]) {
+    unsafe fn run_vnni(p: &QMatMul, c: &mut [f32], finish: &Finish) {
         let (k, n) = (p.b.k, p.b.n);
         for panel in 0..p.b.panels {
             let b = p.b.panel(panel);
-            let cols = (n - panel * PANEL).min(PANEL);
+            let col = panel * PANEL;
+            let cols = (n - col).min(PANEL);
             for_row_tiles!(p.m, 12, |row, TILE| vnni_tile::<TILE>(
                 p,
                 row,
                 k,
                 b,
-                &mut c[row * n + panel * PANEL..],
+                &mut c[row * n + col..],
                 n,
-                &p.scale[panel * PANEL..],
-                cols
+                &p.scale[col..],
+                cols,
+                TileFinish::at(finish, n, row, col)
             ));
         }
     }
@@ -320,8 +399,21 @@ mod x86 {
         ldc: usize,
         scale: &[f32],
         cols: usize,
+        finish: TileFinish,
     ) {
-        let rows: [&[u8]; MR] = std::array::from_fn(|r| &p.a[(row + r) * p.lda..][..k]);
+        let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
+        // The tile's output (and shortcut) lines are fetched while the sums run: the
+        // stores would otherwise wait for them at the end.
+        for r in 0..MR {
+            let line = c.as_ptr().add(r * ldc) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(line);
+            _mm_prefetch::<_MM_HINT_T0>(line.add(64));
+            if let Some(shortcut) = finish.shortcut {
+                let line = shortcut.as_ptr().add(r * ldc) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(line);
+                _mm_prefetch::<_MM_HINT_T0>(line.add(64));
+            }
+        }
         let mut acc = [[_mm512_setzero_si512(); 2]; MR];
         let full_quads = k / 4;
         let bp = b.as_ptr();
@@ -361,16 +453,28 @@ mod x86 {
                     _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(first)),
                     _mm512_set1_ps(p.row_scale[row + r]),
                 );
-                let out = c.as_mut_ptr().add(r * ldc + first);
-                let old = _mm512_maskz_loadu_ps(mask, out);
-                let new = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*acc), s, old);
+                let at = r * ldc + first;
+                let out = c.as_mut_ptr().add(at);
+                let start = match (finish.bias, finish.shortcut) {
+                    (None, _) => _mm512_maskz_loadu_ps(mask, out),
+                    (Some(bias), None) => _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(first)),
+                    (Some(bias), Some(shortcut)) => _mm512_add_ps(
+                        _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(first)),
+                        _mm512_maskz_loadu_ps(mask, shortcut.as_ptr().add(at)),
+                    ),
+                };
+                let mut new = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*acc), s, start);
+                if finish.relu {
+                    // `max(0, x)` keeps a NaN, as the portable ReLU does.
+                    new = _mm512_max_ps(_mm512_setzero_ps(), new);
+                }
                 _mm512_mask_storeu_ps(out, mask, new);
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(p: &QMatMul, c: &mut [f32]) {
+    unsafe fn run_avx2(p: &QMatMul, c: &mut [f32], finish: &Finish) {
         let (k, n) = (p.b.k, p.b.n);
         for panel in 0..p.b.panels {
             let b = p.b.panel(panel);
@@ -388,7 +492,8 @@ mod x86 {
                     &mut c[row * n + first..],
                     n,
                     &p.scale[first..],
-                    cols
+                    cols,
+                    TileFinish::at(finish, n, row, first)
                 ));
             }
         }
@@ -406,8 +511,9 @@ mod x86 {
         ldc: usize,
         scale: &[f32],
         cols: usize,
+        finish: TileFinish,
     ) {
-        let rows: [&[u8]; MR] = std::array::from_fn(|r| &p.a[(row + r) * p.lda..][..k]);
+        let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); 2]; MR];
         let full_quads = k / 4;
@@ -424,7 +530,7 @@ mod x86 {
             }
         };
         for q in 0..full_quads {
-            let quads = std::array::from_fn(|r| {
+            let quads = crate::kernels::unrolled(|r| {
                 (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
             });
             quad_step(&mut acc, q, quads);
@@ -433,7 +539,7 @@ mod x86 {
             quad_step(
                 &mut acc,
                 full_quads,
-                std::array::from_fn(|r| quad_of(rows[r], full_quads)),
+                crate::kernels::unrolled(|r| quad_of(rows[r], full_quads)),
             );
         }
         for (r, acc) in acc.iter().enumerate() {
@@ -445,7 +551,19 @@ mod x86 {
                         _mm256_set1_ps(p.row_scale[row + r]),
                     );
                     let o = out.as_mut_ptr().add(half * 8);
-                    let new = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*acc), s, _mm256_loadu_ps(o));
+                    let start = match (finish.bias, finish.shortcut) {
+                        (None, _) => _mm256_loadu_ps(o),
+                        (Some(bias), None) => _mm256_loadu_ps(bias.as_ptr().add(half * 8)),
+                        (Some(bias), Some(shortcut)) => _mm256_add_ps(
+                            _mm256_loadu_ps(bias.as_ptr().add(half * 8)),
+                            _mm256_loadu_ps(shortcut.as_ptr().add(r * ldc + half * 8)),
+                        ),
+                    };
+                    let mut new = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*acc), s, start);
+                    if finish.relu {
+                        // `max(0, x)` keeps a NaN, as the portable ReLU does.
+                        new = _mm256_max_ps(_mm256_setzero_ps(), new);
+                    }
                     _mm256_storeu_ps(o, new);
                 }
             } else {
@@ -454,7 +572,8 @@ mod x86 {
                 _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut __m256i, acc[1]);
                 for col in 0..cols {
                     let s = scale[col] * p.row_scale[row + r];
-                    out[col] = (lanes[col] as f32).mul_add(s, out[col]);
+                    let start = finish.start_value(r, ldc, col).unwrap_or(out[col]);
+                    out[col] = finish.finish_value((lanes[col] as f32).mul_add(s, start));
                 }
             }
         }
@@ -472,6 +591,7 @@ mod neon {
         max_activation: 127,
         // SAFETY: Advanced SIMD is mandatory on aarch64.
         run: |p, c| unsafe { run::<WIDENING>(p, c) },
+        fused: None,
     };
 
     pub static NEON_DOTPROD: Kernel = Kernel {
@@ -479,6 +599,7 @@ mod neon {
         max_activation: 127,
         // SAFETY: listed by `available` only when the CPU reports the dot product.
         run: |p, c| unsafe { run_dotprod(p, c) },
+        fused: None,
     };
 
     /// Columns per tile: a panel's 32 columns in four groups of eight (32 bytes a quad).
@@ -489,6 +610,7 @@ mod neon {
         max_activation: 127,
         // SAFETY: listed by `available` only when the CPU reports the int8 matrix multiply.
         run: |p, c| unsafe { run_i8mm(p, c) },
+        fused: None,
     };
 
     /// The three ways through a tile: `smull` + `sadalp`, `sdot`, `smmla`.
@@ -632,7 +754,7 @@ mod neon {
         scale: &[f32],
         cols: usize,
     ) {
-        let rows: [&[u8]; MR] = std::array::from_fn(|r| &p.a[(row + r) * p.lda..][..k]);
+        let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
         let mut acc = [[vdupq_n_s32(0); 4]; MR];
         let bp = b.as_ptr();
         let full_quads = k / 4;
@@ -640,7 +762,7 @@ mod neon {
         let mut q = 0;
         while q + 4 <= full_quads {
             let a: [int8x16_t; MR] =
-                std::array::from_fn(|r| vld1q_s8(rows[r].as_ptr().add(q * 4) as *const i8));
+                crate::kernels::unrolled(|r| vld1q_s8(rows[r].as_ptr().add(q * 4) as *const i8));
             macro_rules! lane {
                 ($lane:literal) => {{
                     let at = bp.add((q + $lane) * QUAD_BYTES);
@@ -663,13 +785,13 @@ mod neon {
             q += 4;
         }
         for q in q..full_quads {
-            let quads = std::array::from_fn(|r| {
+            let quads = crate::kernels::unrolled(|r| {
                 (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
             });
             quad_step::<MR, DOT>(&mut acc, bp.add(q * QUAD_BYTES), quads);
         }
         if !k.is_multiple_of(4) {
-            let quads = std::array::from_fn(|r| quad_of(rows[r], full_quads));
+            let quads = crate::kernels::unrolled(|r| quad_of(rows[r], full_quads));
             quad_step::<MR, DOT>(&mut acc, bp.add(full_quads * QUAD_BYTES), quads);
         }
         for (r, acc) in acc.iter().enumerate() {
@@ -791,7 +913,7 @@ mod neon {
     ) {
         let pairs = MR.div_ceil(2);
         let rows: [*const u8; 2 * MAX_PAIRS] =
-            std::array::from_fn(|r| p.a[(row + r.min(MR - 1)) * p.lda..][..k].as_ptr());
+            crate::kernels::unrolled(|r| p.a[(row + r.min(MR - 1)) * p.lda..][..k].as_ptr());
         let mut acc = [[vdupq_n_s32(0); 4]; MAX_PAIRS];
         let (bp, quads) = (b.as_ptr(), k.div_ceil(4));
         let mut at = 0;
@@ -809,7 +931,7 @@ mod neon {
             for (rest, row) in rest.iter_mut().zip(rows) {
                 std::ptr::copy_nonoverlapping(row.add(at), rest.as_mut_ptr(), k - at);
             }
-            let rest = std::array::from_fn(|r| rest[r].as_ptr());
+            let rest = crate::kernels::unrolled(|r| rest[r].as_ptr());
             let [low, high] = row_pairs(&rest, 0, pairs);
             let q = at / 4;
             let columns = column_pairs(bp, q, q + 1 < quads);
@@ -857,6 +979,7 @@ mod armv7 {
         name: "neon-armv7",
         max_activation: 127,
         run,
+        fused: None,
     };
 
     const ROWS: usize = 2;
@@ -935,6 +1058,7 @@ mod armv7 {
 mod tests {
     use super::*;
     use crate::kernels::gemm::tests::Lcg;
+    use crate::kernels::Start;
 
     fn random_case(
         rng: &mut Lcg,
@@ -990,33 +1114,74 @@ mod tests {
         }
     }
 
+    /// `kernel` against the reference on one random `m x n x k` product with scales,
+    /// finished as `finish_case` says: 0 accumulates onto the output, 1 and 2 start at
+    /// the bias (2 with a shortcut); odd cases end in the ReLU.
+    fn check_finished_product(kernel: &Kernel, rng: &mut Lcg, (m, n, k): Dims, finish_case: usize) {
+        let (a, lda, b) = random_case(rng, m, n, k, kernel.max_activation);
+        let scale: Vec<f32> = (0..n).map(|_| rng.next_f32().abs() * 1e-3).collect();
+        let row_scale: Vec<f32> = (0..m).map(|_| rng.next_f32().abs() * 1e-2).collect();
+        let (bias, shortcut, init) = (rng.vec(n), rng.vec(m * n), rng.vec(m * n));
+        let start = match finish_case % 3 {
+            0 => Start::Output,
+            1 => Start::Bias {
+                bias: &bias,
+                shortcut: None,
+            },
+            _ => Start::Bias {
+                bias: &bias,
+                shortcut: Some(&shortcut),
+            },
+        };
+        let finish = Finish {
+            start,
+            relu: finish_case % 2 == 1,
+        };
+        let product = QMatMul {
+            m,
+            a: &a,
+            lda,
+            b: &b,
+            scale: &scale,
+            row_scale: &row_scale,
+        };
+        let (mut ours, mut expected) = (init.clone(), init);
+        kernel.run(&product, &mut ours, &finish);
+        REFERENCE.run(&product, &mut expected, &finish);
+        for (x, y) in ours.iter().zip(&expected) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{} finish {finish_case} ({m}x{n}x{k}): {x} vs {y}",
+                kernel.name
+            );
+        }
+    }
+
+    type Dims = (usize, usize, usize);
+
     #[test]
     fn every_kernel_scales_and_accumulates_on_resnet_shapes() {
         for kernel in available() {
             let mut rng = Lcg(5);
-            for (m, n, k) in [(49, 512, 4608), (196, 256, 1024), (13, 2048, 512)] {
-                let (a, lda, b) = random_case(&mut rng, m, n, k, kernel.max_activation);
-                let scale: Vec<f32> = (0..n).map(|_| rng.next_f32().abs() * 1e-3).collect();
-                let row_scale: Vec<f32> = (0..m).map(|_| rng.next_f32().abs() * 1e-2).collect();
-                let init = rng.vec(m * n);
-                let product = QMatMul {
-                    m,
-                    a: &a,
-                    lda,
-                    b: &b,
-                    scale: &scale,
-                    row_scale: &row_scale,
-                };
-                let (mut ours, mut expected) = (init.clone(), init);
-                kernel.accumulate(&product, &mut ours);
-                REFERENCE.accumulate(&product, &mut expected);
-                for (x, y) in ours.iter().zip(&expected) {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                        "{}: {x} vs {y}",
-                        kernel.name
-                    );
-                }
+            for dims in [(49, 512, 4608), (196, 256, 1024), (13, 2048, 512)] {
+                check_finished_product(kernel, &mut rng, dims, 0);
+            }
+        }
+    }
+
+    /// Bias, shortcut and ReLU (fused by the kernels that can) against the reference's
+    /// separate passes, ragged shapes, every start.
+    #[test]
+    fn every_kernel_starts_and_finishes_like_the_reference() {
+        for kernel in available() {
+            let mut rng = Lcg(41);
+            for case in 0..90 {
+                let dims = (
+                    1 + rng.below(2 * 12),
+                    1 + rng.below(2 * PANEL + 3),
+                    rng.below(70),
+                );
+                check_finished_product(kernel, &mut rng, dims, case % 6);
             }
         }
     }

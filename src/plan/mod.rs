@@ -14,7 +14,7 @@ use crate::kernels::im2col::Window;
 use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
 use rayon::prelude::*;
 
-use crate::kernels::{pool, quantize, Threads};
+use crate::kernels::{quantize, Finish, Start, Threads};
 use crate::models::resnet::ChannelFold;
 use crate::weights::int8::{quantize_channels, ChannelAxis, Int8Kernel};
 
@@ -337,18 +337,14 @@ impl Conv2d {
         };
         let relu = !matches!(epilogue, Epilogue::Linear);
         let n = self.out_channels;
-        // The accumulator starts at bias (+ shortcut), so the product adds onto it.
-        let start_band = |first_row: usize, out: &mut [f32]| {
-            for row in out.chunks_exact_mut(n) {
-                row.copy_from_slice(&self.bias);
-            }
-            if let Some(shortcut) = shortcut {
-                let start = first_row * n;
-                let len = out.len();
-                out.iter_mut()
-                    .zip(&shortcut[start..start + len])
-                    .for_each(|(o, s)| *o += s);
-            }
+        // The sums start at the bias (+ shortcut) and end in the ReLU: the x86 int8
+        // kernels apply both as they store, the others in passes of their own.
+        let finish_band = |first_row: usize, len: usize| Finish {
+            start: Start::Bias {
+                bias: &self.bias,
+                shortcut: shortcut.map(|s| &s[first_row * n..][..len]),
+            },
+            relu,
         };
         let bands = threads.get().min(rows.div_ceil(MIN_ROWS_PER_THREAD)).max(1);
         let rows_per_band = rows.div_ceil(bands);
@@ -357,7 +353,8 @@ impl Conv2d {
                 let band = |first_row: usize, out: &mut [f32], lowered: &mut [f32]| {
                     let band_rows = out.len() / n;
                     let a = window.lowered_band(input.data(), first_row, band_rows, lowered);
-                    start_band(first_row, out);
+                    let finish = finish_band(first_row, out.len());
+                    finish.fill_start(out, n);
                     MatMul {
                         m: band_rows,
                         n,
@@ -367,9 +364,7 @@ impl Conv2d {
                         b: weights,
                     }
                     .accumulate(out, Threads::ONE);
-                    if relu {
-                        pool::relu(out);
-                    }
+                    finish.apply_relu(out);
                 };
                 let lowered = lowered_bands(&mut scratch.lowered, &window, rows_per_band);
                 run_bands(output.data_mut(), rows_per_band, n, lowered, band);
@@ -420,7 +415,6 @@ impl Conv2d {
                             quantized,
                             row_scales,
                         );
-                        start_band(first_row, out);
                         let product = QMatMul {
                             m: band_rows,
                             a: quantized,
@@ -429,10 +423,7 @@ impl Conv2d {
                             scale: scales,
                             row_scale: row_scales,
                         };
-                        kernel.accumulate(&product, out);
-                        if relu {
-                            pool::relu(out);
-                        }
+                        kernel.run(&product, out, &finish_band(first_row, out.len()));
                     };
                 run_bands(output.data_mut(), rows_per_band, n, buffers, band);
             }
