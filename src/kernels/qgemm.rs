@@ -404,14 +404,16 @@ mod x86 {
         let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
         // The tile's output (and shortcut) lines are fetched while the sums run: the
         // stores would otherwise wait for them at the end.
+        // (Wrapping arithmetic: the second line may lie past the last row's end, which
+        // a prefetch may name but `add` may not.)
         for r in 0..MR {
-            let line = c.as_ptr().add(r * ldc) as *const i8;
+            let line = c.as_ptr().wrapping_add(r * ldc) as *const i8;
             _mm_prefetch::<_MM_HINT_T0>(line);
-            _mm_prefetch::<_MM_HINT_T0>(line.add(64));
+            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
             if let Some(shortcut) = finish.shortcut {
-                let line = shortcut.as_ptr().add(r * ldc) as *const i8;
+                let line = shortcut.as_ptr().wrapping_add(r * ldc) as *const i8;
                 _mm_prefetch::<_MM_HINT_T0>(line);
-                _mm_prefetch::<_MM_HINT_T0>(line.add(64));
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
             }
         }
         let mut acc = [[_mm512_setzero_si512(); 2]; MR];
