@@ -340,8 +340,8 @@ mod x86 {
             }
         }
 
-        /// Row `r`'s start for the tile's columns `first..first + cols`: the bias plus the
-        /// shortcut, or `None` to add onto the output.
+        /// The start of the tile's row `r`, column `col` (rows `ldc` apart): the bias plus
+        /// the shortcut, or `None` to add onto the output.
         #[inline(always)]
         fn start_value(&self, r: usize, ldc: usize, col: usize) -> Option<f32> {
             let bias = self.bias?[col];
