@@ -142,12 +142,19 @@ pub struct Kernel {
     pub name: &'static str,
     /// Largest activation value the kernel takes (quantize to 0..=this).
     pub max_activation: u8,
-    run: fn(&QMatMul, &mut [f32]),
-    /// The product with its start and ReLU applied in the kernel's stores, where the
-    /// kernel has it: on x86 (filling each output with the bias first was 7 % of an int8
-    /// pass). The same store on NEON cost 240 M more instructions per image under qemu
-    /// (cortex-a72, cause not found), so there the passes stay.
-    fused: Option<fn(&QMatMul, &mut [f32], &Finish)>,
+    run: Product,
+}
+
+/// How a kernel computes its product.
+enum Product {
+    /// `c += product`; the start and the ReLU are passes around it.
+    Accumulating(fn(&QMatMul, &mut [f32])),
+    /// The start and the ReLU applied in the kernel's stores: the x86 kernels (filling
+    /// each output with the bias first was 7 % of an int8 pass). The same store on NEON
+    /// cost 240 M more instructions per image under qemu (cortex-a72, cause not found),
+    /// so there the passes stay.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Finishing(fn(&QMatMul, &mut [f32], &Finish)),
 }
 
 impl Kernel {
@@ -165,13 +172,16 @@ impl Kernel {
         if product.m == 0 || n == 0 {
             return;
         }
-        match self.fused {
-            Some(fused) if product.b.k > 0 => fused(product, c, finish),
+        match self.run {
+            Product::Finishing(run) if product.b.k > 0 => run(product, c, finish),
+            Product::Accumulating(run) if product.b.k > 0 => {
+                finish.fill_start(c, n);
+                run(product, c);
+                finish.apply_relu(c);
+            }
+            // No sums: the output is the start.
             _ => {
                 finish.fill_start(c, n);
-                if product.b.k > 0 {
-                    (self.run)(product, c);
-                }
                 finish.apply_relu(c);
             }
         }
@@ -181,8 +191,7 @@ impl Kernel {
 pub static REFERENCE: Kernel = Kernel {
     name: "reference",
     max_activation: 255,
-    run: reference,
-    fused: None,
+    run: Product::Accumulating(reference),
 };
 
 fn reference(p: &QMatMul, c: &mut [f32]) {
@@ -303,7 +312,7 @@ macro_rules! for_row_tiles {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{quad_of, Finish, Kernel, QMatMul, PANEL, QUAD_BYTES};
+    use super::{quad_of, Finish, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
     use crate::kernels::Start;
 
     /// A tile's share of a [`Finish`]: its sums go onto the output, or onto the bias (plus
@@ -355,15 +364,13 @@ mod x86 {
     pub static AVX2: Kernel = Kernel {
         name: "avx2",
         max_activation: 127,
-        run: |p, c| unsafe { run_avx2(p, c, &Finish::ACCUMULATE) },
-        fused: Some(|p, c, finish| unsafe { run_avx2(p, c, finish) }),
+        run: Product::Finishing(|p, c, finish| unsafe { run_avx2(p, c, finish) }),
     };
 
     pub static AVX512_VNNI: Kernel = Kernel {
         name: "avx512vnni",
         max_activation: 255,
-        run: |p, c| unsafe { run_vnni(p, c, &Finish::ACCUMULATE) },
-        fused: Some(|p, c, finish| unsafe { run_vnni(p, c, finish) }),
+        run: Product::Finishing(|p, c, finish| unsafe { run_vnni(p, c, finish) }),
     };
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -586,22 +593,20 @@ mod x86 {
 mod neon {
     use std::arch::aarch64::*;
 
-    use super::{quad_of, Kernel, QMatMul, PANEL, QUAD_BYTES};
+    use super::{quad_of, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
 
     pub static NEON: Kernel = Kernel {
         name: "neon",
         max_activation: 127,
         // SAFETY: Advanced SIMD is mandatory on aarch64.
-        run: |p, c| unsafe { run::<WIDENING>(p, c) },
-        fused: None,
+        run: Product::Accumulating(|p, c| unsafe { run::<WIDENING>(p, c) }),
     };
 
     pub static NEON_DOTPROD: Kernel = Kernel {
         name: "neon-dotprod",
         max_activation: 127,
         // SAFETY: listed by `available` only when the CPU reports the dot product.
-        run: |p, c| unsafe { run_dotprod(p, c) },
-        fused: None,
+        run: Product::Accumulating(|p, c| unsafe { run_dotprod(p, c) }),
     };
 
     /// Columns per tile: a panel's 32 columns in four groups of eight (32 bytes a quad).
@@ -611,8 +616,7 @@ mod neon {
         name: "neon-i8mm",
         max_activation: 127,
         // SAFETY: listed by `available` only when the CPU reports the int8 matrix multiply.
-        run: |p, c| unsafe { run_i8mm(p, c) },
-        fused: None,
+        run: Product::Accumulating(|p, c| unsafe { run_i8mm(p, c) }),
     };
 
     /// The three ways through a tile: `smull` + `sadalp`, `sdot`, `smmla`.
@@ -973,15 +977,14 @@ mod neon {
 /// blocks of rows, so a block's activations stay in cache while the panels pass.
 #[cfg(target_arch = "arm")]
 mod armv7 {
-    use super::{Kernel, QMatMul, PANEL};
+    use super::{Kernel, Product, QMatMul, PANEL};
     use crate::kernels::add_tile;
     use crate::kernels::armv7::{qgemm_2x8, QTile};
 
     pub static NEON: Kernel = Kernel {
         name: "neon-armv7",
         max_activation: 127,
-        run,
-        fused: None,
+        run: Product::Accumulating(run),
     };
 
     const ROWS: usize = 2;
