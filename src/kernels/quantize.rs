@@ -1,7 +1,7 @@
 //! Activation quantization: the largest value of a feature map, and f32 -> u8 with one
 //! scale. Plain loops, compiled for the baseline CPU and, chosen at run time, with AVX2 or
 //! AVX-512 enabled so the compiler vectorizes them (the baseline SSE2 build converts one
-//! value at a time and took a fifth of an int8 forward pass; AVX-512 took 43 % less time
+//! value at a time and took a fifth of an int8 forward pass; AVX-512 took 41 % less time
 //! than AVX2 relative to the int8 product on Zen 4). On 32-bit ARM with NEON the
 //! conversion is an assembly loop (`armv7`), since Rust cannot vectorize for NEON there.
 
