@@ -26,6 +26,7 @@
 //! `EDGE_CPU_INT8=reference|avx2|avx512vnni|neon|neon-dotprod|neon-i8mm|neon-armv7` forces one (tests,
 //! comparisons); a kernel the CPU lacks is refused with a warning.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::Finish;
@@ -111,6 +112,15 @@ impl PackedWeights {
     /// Bytes held (for memory accounting).
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    /// The panels in blocks that stay in cache: see [`super::panel_blocks`].
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    fn panel_blocks(&self) -> impl Iterator<Item = Range<usize>> {
+        super::panel_blocks(self.panels, self.quads * QUAD_BYTES)
     }
 }
 
@@ -282,84 +292,12 @@ fn quad_of(row: &[u8], quad: usize) -> i32 {
     i32::from_le_bytes(bytes)
 }
 
-/// Row tiles: as many rows as the registers hold, then smaller tiles for the rest.
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(unused_macros)
-)]
-macro_rules! for_row_tiles {
-    ($m:expr, $big:literal, |$row:ident, $tile:ident| $body:expr) => {{
-        let mut $row = 0;
-        while $row + $big <= $m {
-            const $tile: usize = $big;
-            $body;
-            $row += $big;
-        }
-        while $row + 4 <= $m {
-            const $tile: usize = 4;
-            $body;
-            $row += 4;
-        }
-        while $row < $m {
-            const $tile: usize = 1;
-            $body;
-            $row += 1;
-        }
-    }};
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::{quad_of, Finish, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
-    use crate::kernels::Start;
-
-    /// A tile's share of a [`Finish`]: its sums go onto the output, or onto the bias (plus
-    /// the shortcut) from the tile's first column; then through the ReLU or not.
-    struct TileFinish<'a> {
-        bias: Option<&'a [f32]>,
-        shortcut: Option<&'a [f32]>,
-        relu: bool,
-    }
-
-    impl<'a> TileFinish<'a> {
-        /// The tile from `row`, `col` of an output with rows of `n`.
-        fn at(finish: &Finish<'a>, n: usize, row: usize, col: usize) -> Self {
-            let (bias, shortcut) = match finish.start {
-                Start::Output => (None, None),
-                Start::Bias { bias, shortcut } => {
-                    (Some(&bias[col..]), shortcut.map(|s| &s[row * n + col..]))
-                }
-            };
-            Self {
-                bias,
-                shortcut,
-                relu: finish.relu,
-            }
-        }
-
-        /// The ReLU, if any, on one value.
-        #[inline(always)]
-        fn finish_value(&self, value: f32) -> f32 {
-            if self.relu {
-                crate::kernels::pool::larger(value, 0.0)
-            } else {
-                value
-            }
-        }
-
-        /// The start of the tile's row `r`, column `col` (rows `ldc` apart): the bias plus
-        /// the shortcut, or `None` to add onto the output.
-        #[inline(always)]
-        fn start_value(&self, r: usize, ldc: usize, col: usize) -> Option<f32> {
-            let bias = self.bias?[col];
-            Some(match self.shortcut {
-                Some(shortcut) => bias + shortcut[r * ldc + col],
-                None => bias,
-            })
-        }
-    }
+    use crate::kernels::TileFinish;
 
     pub static AVX2: Kernel = Kernel {
         name: "avx2",
@@ -376,21 +314,21 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn run_vnni(p: &QMatMul, c: &mut [f32], finish: &Finish) {
         let (k, n) = (p.b.k, p.b.n);
-        for panel in 0..p.b.panels {
-            let b = p.b.panel(panel);
-            let col = panel * PANEL;
-            let cols = (n - col).min(PANEL);
-            for_row_tiles!(p.m, 12, |row, TILE| vnni_tile::<TILE>(
-                p,
-                row,
-                k,
-                b,
-                &mut c[row * n + col..],
-                n,
-                &p.scale[col..],
-                cols,
-                TileFinish::at(finish, n, row, col)
-            ));
+        for panels in p.b.panel_blocks() {
+            for_row_tiles!(p.m, 12, |row, TILE| for panel in panels.clone() {
+                let col = panel * PANEL;
+                vnni_tile::<TILE>(
+                    p,
+                    row,
+                    k,
+                    p.b.panel(panel),
+                    &mut c[row * n + col..],
+                    n,
+                    &p.scale[col..],
+                    (n - col).min(PANEL),
+                    TileFinish::at(finish, n, row, col),
+                )
+            });
         }
     }
 
@@ -409,20 +347,7 @@ mod x86 {
         finish: TileFinish,
     ) {
         let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
-        // The tile's output (and shortcut) lines are fetched while the sums run: the
-        // stores would otherwise wait for them at the end.
-        // (Wrapping arithmetic: the second line may lie past the last row's end, which
-        // a prefetch may name but `add` may not.)
-        for r in 0..MR {
-            let line = c.as_ptr().wrapping_add(r * ldc) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(line);
-            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
-            if let Some(shortcut) = finish.shortcut {
-                let line = shortcut.as_ptr().wrapping_add(r * ldc) as *const i8;
-                _mm_prefetch::<_MM_HINT_T0>(line);
-                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
-            }
-        }
+        finish.prefetch(c, MR, ldc);
         let mut acc = [[_mm512_setzero_si512(); 2]; MR];
         let full_quads = k / 4;
         let bp = b.as_ptr();
@@ -453,31 +378,13 @@ mod x86 {
                 if first >= cols {
                     break;
                 }
-                let mask: __mmask16 = if cols - first >= 16 {
-                    0xFFFF
-                } else {
-                    (1 << (cols - first)) - 1
-                };
+                let mask = TileFinish::lanes(first, cols);
                 let s = _mm512_mul_ps(
                     _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(first)),
                     _mm512_set1_ps(p.row_scale[row + r]),
                 );
-                let at = r * ldc + first;
-                let out = c.as_mut_ptr().add(at);
-                let start = match (finish.bias, finish.shortcut) {
-                    (None, _) => _mm512_maskz_loadu_ps(mask, out),
-                    (Some(bias), None) => _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(first)),
-                    (Some(bias), Some(shortcut)) => _mm512_add_ps(
-                        _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(first)),
-                        _mm512_maskz_loadu_ps(mask, shortcut.as_ptr().add(at)),
-                    ),
-                };
-                let mut new = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*acc), s, start);
-                if finish.relu {
-                    // `max(0, x)` keeps a NaN, as the portable ReLU does.
-                    new = _mm512_max_ps(_mm512_setzero_ps(), new);
-                }
-                _mm512_mask_storeu_ps(out, mask, new);
+                let add = |start| _mm512_fmadd_ps(_mm512_cvtepi32_ps(*acc), s, start);
+                finish.store16(add, c, r, ldc, first, mask);
             }
         }
     }
@@ -485,26 +392,26 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(p: &QMatMul, c: &mut [f32], finish: &Finish) {
         let (k, n) = (p.b.k, p.b.n);
-        for panel in 0..p.b.panels {
-            let b = p.b.panel(panel);
-            for half in 0..2 {
-                let first = panel * PANEL + half * 16;
-                if first >= n {
-                    break;
+        for panels in p.b.panel_blocks() {
+            for_row_tiles!(p.m, 4, |row, TILE| for panel in panels.clone() {
+                for half in 0..2 {
+                    let first = panel * PANEL + half * 16;
+                    if first >= n {
+                        break;
+                    }
+                    avx2_tile::<TILE>(
+                        p,
+                        row,
+                        k,
+                        &p.b.panel(panel)[half * 64..],
+                        &mut c[row * n + first..],
+                        n,
+                        &p.scale[first..],
+                        (n - first).min(16),
+                        TileFinish::at(finish, n, row, first),
+                    )
                 }
-                let cols = (n - first).min(16);
-                for_row_tiles!(p.m, 4, |row, TILE| avx2_tile::<TILE>(
-                    p,
-                    row,
-                    k,
-                    &b[half * 64..],
-                    &mut c[row * n + first..],
-                    n,
-                    &p.scale[first..],
-                    cols,
-                    TileFinish::at(finish, n, row, first)
-                ));
-            }
+            });
         }
     }
 
@@ -637,34 +544,34 @@ mod neon {
     #[inline(always)]
     unsafe fn run<const KIND: u8>(p: &QMatMul, c: &mut [f32]) {
         let (k, n) = (p.b.k, p.b.n);
-        for panel in 0..p.b.panels {
-            let b = p.b.panel(panel);
-            for group in 0..PANEL / GROUP {
-                let first = panel * PANEL + group * GROUP;
-                if first >= n {
-                    break;
-                }
-                let cols = (n - first).min(GROUP);
-                macro_rules! tiles {
-                    ($rows:literal, $tile:ident $(, $dot:literal)?) => {
-                        for_row_tiles!(p.m, $rows, |row, TILE| $tile::<TILE $(, $dot)?>(
-                            p,
-                            row,
-                            k,
-                            &b[group * GROUP * 4..],
-                            &mut c[row * n + first..],
-                            n,
-                            &p.scale[first..],
-                            cols
-                        ))
-                    };
-                }
-                // `sdot` and `smmla` need two accumulators per row, the widening path four.
-                match KIND {
-                    MATMUL => tiles!(8, matmul_tile),
-                    DOTPROD => tiles!(8, tile, true),
-                    _ => tiles!(4, tile, false),
-                }
+        for panels in p.b.panel_blocks() {
+            macro_rules! tiles {
+                ($rows:literal, $tile:ident $(, $dot:literal)?) => {
+                    for_row_tiles!(p.m, $rows, |row, TILE| for panel in panels.clone() {
+                        for group in 0..PANEL / GROUP {
+                            let first = panel * PANEL + group * GROUP;
+                            if first >= n {
+                                break;
+                            }
+                            $tile::<TILE $(, $dot)?>(
+                                p,
+                                row,
+                                k,
+                                &p.b.panel(panel)[group * GROUP * 4..],
+                                &mut c[row * n + first..],
+                                n,
+                                &p.scale[first..],
+                                (n - first).min(GROUP),
+                            )
+                        }
+                    })
+                };
+            }
+            // `sdot` and `smmla` need two accumulators per row, the widening path four.
+            match KIND {
+                MATMUL => tiles!(8, matmul_tile),
+                DOTPROD => tiles!(8, tile, true),
+                _ => tiles!(4, tile, false),
             }
         }
     }
@@ -1062,8 +969,8 @@ mod armv7 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::finish_of_case;
     use crate::kernels::gemm::tests::Lcg;
-    use crate::kernels::Start;
 
     fn random_case(
         rng: &mut Lcg,
@@ -1120,28 +1027,13 @@ mod tests {
     }
 
     /// `kernel` against the reference on one random `m x n x k` product with scales,
-    /// finished as `finish_case` says: 0 accumulates onto the output, 1 and 2 start at
-    /// the bias (2 with a shortcut); odd cases end in the ReLU.
+    /// finished as [`finish_of_case`] says.
     fn check_finished_product(kernel: &Kernel, rng: &mut Lcg, (m, n, k): Dims, finish_case: usize) {
         let (a, lda, b) = random_case(rng, m, n, k, kernel.max_activation);
         let scale: Vec<f32> = (0..n).map(|_| rng.next_f32().abs() * 1e-3).collect();
         let row_scale: Vec<f32> = (0..m).map(|_| rng.next_f32().abs() * 1e-2).collect();
         let (bias, shortcut, init) = (rng.vec(n), rng.vec(m * n), rng.vec(m * n));
-        let start = match finish_case % 3 {
-            0 => Start::Output,
-            1 => Start::Bias {
-                bias: &bias,
-                shortcut: None,
-            },
-            _ => Start::Bias {
-                bias: &bias,
-                shortcut: Some(&shortcut),
-            },
-        };
-        let finish = Finish {
-            start,
-            relu: finish_case % 2 == 1,
-        };
+        let finish = finish_of_case(finish_case, &bias, &shortcut);
         let product = QMatMul {
             m,
             a: &a,
@@ -1187,6 +1079,23 @@ mod tests {
                     rng.below(70),
                 );
                 check_finished_product(kernel, &mut rng, dims, case % 6);
+            }
+        }
+    }
+
+    #[test]
+    fn panel_blocks_cover_every_panel_once_within_the_budget() {
+        for (k, n) in [(1, 1), (64, 256), (512, 2048), (4608, 512), (100_000, 40)] {
+            let b = PackedWeights::pack(&vec![0; k * n], k, n);
+            let blocks: Vec<Range<usize>> = b.panel_blocks().collect();
+            let covered: Vec<usize> = blocks.iter().flat_map(Range::clone).collect();
+            assert_eq!(covered, (0..b.panels).collect::<Vec<_>>(), "{k} x {n}");
+            for block in &blocks {
+                let bytes = block.len() * b.quads * QUAD_BYTES;
+                assert!(
+                    block.len() == 1 || bytes <= crate::kernels::PANEL_BLOCK_BYTES,
+                    "{k} x {n}"
+                );
             }
         }
     }

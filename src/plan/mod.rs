@@ -9,6 +9,7 @@ pub mod resnet;
 use anyhow::{ensure, Context, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
+use crate::kernels::f32_weights::{F32Weights, Layout};
 use crate::kernels::gemm::MatMul;
 use crate::kernels::im2col::Window;
 use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
@@ -104,7 +105,7 @@ impl Precision {
 #[derive(Debug, Clone)]
 enum ConvWeights {
     /// `[kernel, kernel, in_channels, out_channels]`: the product's right-hand matrix.
-    F32(Vec<f32>),
+    F32(F32Weights),
     /// The same matrix in i8, packed, with each column's scale.
     Int8 {
         packed: PackedWeights,
@@ -232,10 +233,11 @@ impl Conv2d {
         }
         // A loop, not candle's permute: its strided copy was a sixth of the f32 start-up.
         let (in_channels, out_channels) = (layer.in_channels, layer.out_channels);
-        let mut weights = vec![0.0; weight.elem_count()];
+        let rows = weight.elem_count() / out_channels;
+        let mut weights = F32Weights::zeros(rows, out_channels, Layout::best());
         with_f32_values(weight, |stored| {
             for_each_stored_tap(stored, in_channels, layer.kernel, |out, row, value| {
-                weights[row * out_channels + out] = folded(out, value);
+                weights.set(row, out, folded(out, value));
             })
         })?;
         Ok(Self {
@@ -295,7 +297,7 @@ impl Conv2d {
             kernel: kh,
             stride: config.stride,
             padding: config.padding,
-            weights: ConvWeights::F32(Vec::new()),
+            weights: ConvWeights::F32(F32Weights::zeros(0, 0, Layout::RowMajor)),
             bias,
         })
     }
@@ -353,18 +355,7 @@ impl Conv2d {
                 let band = |first_row: usize, out: &mut [f32], lowered: &mut [f32]| {
                     let band_rows = out.len() / n;
                     let a = window.lowered_band(input.data(), first_row, band_rows, lowered);
-                    let finish = finish_band(first_row, out.len());
-                    finish.fill_start(out, n);
-                    MatMul {
-                        m: band_rows,
-                        n,
-                        k: patch,
-                        a,
-                        lda: patch,
-                        b: weights,
-                    }
-                    .accumulate(out, Threads::ONE);
-                    finish.apply_relu(out);
+                    weights.run(band_rows, a, patch, out, &finish_band(first_row, out.len()));
                 };
                 let lowered = lowered_bands(&mut scratch.lowered, &window, rows_per_band);
                 run_bands(output.data_mut(), rows_per_band, n, lowered, band);
