@@ -133,7 +133,7 @@ const PANEL_BLOCK_BYTES: usize = 256 * 1024;
 /// output rows are written whole, in order. With panels outermost instead, a layer of
 /// small K and wide output (ResNet's 1 x 1 expansions: K 64, N 256, 3136 rows) wrote its
 /// 3 MB output in 32-column strips, one pass each: those int8 layers took 30 % longer,
-/// the int8 pass 15 % (x86 Zen 5).
+/// the int8 pass 5-15 % (x86 Zen 5, per-layer timers, alternating runs).
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
