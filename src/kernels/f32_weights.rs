@@ -69,14 +69,6 @@ impl F32Weights {
         weights
     }
 
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
     /// Where the value at `row`, `col` lies in `data`.
     #[inline]
     fn index(&self, row: usize, col: usize) -> usize {
@@ -102,29 +94,27 @@ impl F32Weights {
     pub fn run(&self, m: usize, a: &[f32], lda: usize, c: &mut [f32], finish: &Finish) {
         let (k, n) = (self.k, self.n);
         assert_eq!(c.len(), m * n, "c is m x n");
-        assert!(lda >= k, "lda {lda} < k {k}");
-        if m > 0 {
-            assert!(a.len() >= (m - 1) * lda + k, "a too short");
-        }
         finish.check(c, n);
+        // The same operands as a row-major product (panels hold at least `k x n` values).
+        let product = MatMul {
+            m,
+            n,
+            k,
+            a,
+            lda,
+            b: &self.data,
+        };
         match self.layout {
             Layout::RowMajor => {
                 finish.fill_start(c, n);
-                MatMul {
-                    m,
-                    n,
-                    k,
-                    a,
-                    lda,
-                    b: &self.data,
-                }
-                .accumulate(c, Threads::ONE);
+                product.accumulate(c, Threads::ONE);
                 finish.apply_relu(c);
             }
             Layout::Panels => {
+                product.check(c);
                 #[cfg(target_arch = "x86_64")]
                 if x86::available() {
-                    // SAFETY: AVX-512F is present; the asserts above bound `a` and `c`.
+                    // SAFETY: AVX-512F is present; `check` bounds `a` and `c`.
                     return unsafe { x86::run(self, m, a, lda, c, finish) };
                 }
                 self.run_reference(m, a, lda, c, finish);

@@ -117,7 +117,8 @@ pub fn product_reference(a: View, b: View, c: &mut [f32], accumulate: bool) {
 }
 
 impl MatMul<'_> {
-    fn check(&self, c: &[f32]) {
+    /// Panics unless `a`, `b` and `c` hold the rows the product reads and writes.
+    pub(crate) fn check(&self, c: &[f32]) {
         assert!(self.lda >= self.k, "lda {} < k {}", self.lda, self.k);
         if self.m > 0 && self.k > 0 {
             assert!(
