@@ -10,6 +10,7 @@
 //! - elsewhere: row-major, through [`MatMul::accumulate`] (the `gemm` crate on x86 without
 //!   AVX-512, our NEON tiles on ARM) between the start and ReLU passes.
 
+use super::aligned::AlignedVec;
 use super::gemm::MatMul;
 use super::{Finish, Threads};
 
@@ -42,7 +43,7 @@ pub struct F32Weights {
     k: usize,
     n: usize,
     layout: Layout,
-    data: Vec<f32>,
+    data: AlignedVec<f32>,
 }
 
 impl F32Weights {
@@ -56,7 +57,7 @@ impl F32Weights {
             k,
             n,
             layout,
-            data: vec![0.0; len],
+            data: AlignedVec::zeroed(len),
         }
     }
 

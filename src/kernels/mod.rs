@@ -34,6 +34,7 @@ macro_rules! for_row_tiles {
     }};
 }
 
+pub mod aligned;
 #[cfg(target_arch = "arm")]
 pub mod armv7;
 pub mod f32_weights;

@@ -9,6 +9,7 @@ pub mod resnet;
 use anyhow::{ensure, Context, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
+use crate::kernels::aligned::AlignedVec;
 use crate::kernels::f32_weights::{F32Weights, Layout};
 use crate::kernels::gemm::MatMul;
 use crate::kernels::im2col::Window;
@@ -25,7 +26,7 @@ pub struct FeatureMap {
     /// At least `height * width * channels` values: the buffers of a forward pass take
     /// every layer's shape in turn, and keeping the largest one saves refilling memory
     /// at each change (zeroing them took a tenth of an int8 forward pass).
-    storage: Vec<f32>,
+    storage: AlignedVec<f32>,
     pub height: usize,
     pub width: usize,
     pub channels: usize,
@@ -37,7 +38,7 @@ impl FeatureMap {
         self.height = height;
         self.width = width;
         self.channels = channels;
-        prefix(&mut self.storage, height * width * channels);
+        self.storage.prefix(height * width * channels);
     }
 
     pub fn data(&self) -> &[f32] {
@@ -116,8 +117,8 @@ enum ConvWeights {
 /// Scratch buffers of a convolution, reused between calls.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    lowered: Vec<f32>,
-    lowered_quantized: Vec<u8>,
+    lowered: AlignedVec<f32>,
+    lowered_quantized: AlignedVec<u8>,
     row_scales: Vec<f32>,
     pixel_max: Vec<f32>,
 }
@@ -389,7 +390,8 @@ impl Conv2d {
                     }
                     &*pixel_max
                 });
-                let buffers: Vec<_> = prefix(lowered_quantized, rows * patch)
+                let buffers: Vec<_> = lowered_quantized
+                    .prefix(rows * patch)
                     .chunks_mut(rows_per_band * patch)
                     .zip(prefix(row_scales, rows).chunks_mut(rows_per_band))
                     .collect();
@@ -425,7 +427,7 @@ impl Conv2d {
 /// One band's share of the lowered matrix for every band of `rows_per_band` output
 /// pixels, or an empty slice per band when the window needs no lowering.
 fn lowered_bands<'a>(
-    lowered: &'a mut Vec<f32>,
+    lowered: &'a mut AlignedVec<f32>,
     window: &Window,
     rows_per_band: usize,
 ) -> Vec<&'a mut [f32]> {
@@ -433,7 +435,8 @@ fn lowered_bands<'a>(
     if window.is_identity() {
         return (0..bands).map(|_| Default::default()).collect();
     }
-    prefix(lowered, window.rows() * window.patch_len())
+    lowered
+        .prefix(window.rows() * window.patch_len())
         .chunks_mut(rows_per_band * window.patch_len())
         .collect()
 }
