@@ -1,7 +1,7 @@
 //! 32-bit ARM (armv7, Raspberry Pi OS 32-bit) NEON microkernels, in assembly: stable Rust
 //! has no NEON intrinsics or `neon` target feature on this target, and candle's `gemm`
 //! crate is scalar here. The drivers that tile whole products over these live next to
-//! the portable versions they replace (`gemm.rs`, `qgemm.rs`); NEON is taken only when
+//! the portable versions they replace (`gemm.rs`, `qgemm/`); NEON is taken only when
 //! the kernel reports it (HWCAP), never assumed from the build.
 
 use std::sync::OnceLock;

@@ -1,5 +1,5 @@
 // int8 microkernel for 32-bit ARM with NEON: two activation rows x eight output columns
-// of one packed weight panel (qgemm.rs: k in quads, 32 columns x 4 bytes per quad, so a
+// of one packed weight panel (qgemm/mod.rs: k in quads, 32 columns x 4 bytes per quad, so a
 // group of eight columns is 32 bytes and the next quad 128 bytes on).
 //
 //   void edge_classify_qgemm_2x8_armv7(const struct QTile *tile);
