@@ -162,60 +162,54 @@ impl ResNetPlan {
         threads: Threads,
         classify: bool,
     ) -> Vec<f32> {
-        let pass = || self.pass(chw, height, width, threads, classify);
-        // A split pass runs on a pool thread, which then takes a band of each layer
-        // itself. Called from outside the pool, every layer woke two pool threads while
-        // the caller slept: 15 % of an int8 pass went to the scheduler, and the pass
-        // took 22 % longer on two threads (x86, AMX).
-        if threads.get() > 1 && rayon::current_thread_index().is_none() {
-            rayon::scope(|_| pass())
-        } else {
-            pass()
-        }
-    }
-
-    fn pass(
-        &self,
-        chw: &[f32],
-        height: usize,
-        width: usize,
-        threads: Threads,
-        classify: bool,
-    ) -> Vec<f32> {
-        self.arena.with(|ws| {
-            ws.shortcut.load_chw(chw, 3, height, width);
-            self.stem.forward(
-                &ws.shortcut,
-                Epilogue::Relu,
-                &mut ws.spatial,
-                &mut ws.scratch,
-                threads,
-            );
-            let window = Window {
-                height: ws.spatial.height,
-                width: ws.spatial.width,
-                channels: ws.spatial.channels,
-                kernel: 3,
-                stride: 2,
-                padding: 1,
-            };
-            ws.x.reset(window.out_height(), window.out_width(), window.channels);
-            pool::max_pool(&window, ws.spatial.data(), ws.x.data_mut());
-            for block in &self.blocks {
-                block.forward(ws, threads);
-            }
-            ws.pooled.resize(ws.x.channels, 0.0);
-            pool::global_average(ws.x.data(), ws.x.channels, &mut ws.pooled);
-            match &self.fc {
-                Some(fc) if classify => fc.forward(&ws.pooled, threads),
-                _ => ws.pooled.clone(),
-            }
+        on_pool_thread(threads, || {
+            self.arena.with(|ws| {
+                ws.shortcut.load_chw(chw, 3, height, width);
+                self.stem.forward(
+                    &ws.shortcut,
+                    Epilogue::Relu,
+                    &mut ws.spatial,
+                    &mut ws.scratch,
+                    threads,
+                );
+                let window = Window {
+                    height: ws.spatial.height,
+                    width: ws.spatial.width,
+                    channels: ws.spatial.channels,
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                };
+                ws.x.reset(window.out_height(), window.out_width(), window.channels);
+                pool::max_pool(&window, ws.spatial.data(), ws.x.data_mut());
+                for block in &self.blocks {
+                    block.forward(ws, threads);
+                }
+                ws.pooled.resize(ws.x.channels, 0.0);
+                pool::global_average(ws.x.data(), ws.x.channels, &mut ws.pooled);
+                match &self.fc {
+                    Some(fc) if classify => fc.forward(&ws.pooled, threads),
+                    _ => ws.pooled.clone(),
+                }
+            })
         })
     }
 
     /// Frees the idle buffers.
     pub fn release_memory(&self) {
         self.arena.clear();
+    }
+}
+
+/// Runs `pass` on a pool thread when it is split (`threads` > 1), so that thread takes a
+/// band of each layer itself. Called from outside the pool, every layer woke two pool
+/// threads while the caller slept: 15 % of an int8 pass went to the scheduler, and the
+/// pass took 22 % longer on two threads (x86, AMX).
+fn on_pool_thread<R: Send>(threads: Threads, pass: impl FnOnce() -> R + Send) -> R {
+    if threads.get() > 1 && rayon::current_thread_index().is_none() {
+        rayon::scope(|_| pass())
+    } else {
+        pass()
     }
 }
 
