@@ -18,7 +18,8 @@ unsafe impl Zeroable for Line {}
 // SAFETY: as above; `Copy` and `'static`.
 unsafe impl Pod for Line {}
 
-/// A vector of plain values whose first value starts on a 64-byte boundary.
+/// A vector of plain values whose first value starts on a 64-byte boundary; the plan's
+/// reused buffers (feature maps, scratch) take their first `len` values with `prefix`.
 #[derive(Debug, Clone)]
 pub struct AlignedVec<T> {
     lines: Vec<Line>,
@@ -68,21 +69,14 @@ impl<T: Pod> DerefMut for AlignedVec<T> {
     }
 }
 
-impl<T: Pod> From<&[T]> for AlignedVec<T> {
-    fn from(values: &[T]) -> Self {
-        let mut aligned = Self::zeroed(values.len());
-        aligned.copy_from_slice(values);
-        aligned
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn values_start_on_a_line_and_keep_their_contents_when_grown() {
-        let mut values = AlignedVec::<f32>::from(&[1.0, 2.0, 3.0][..]);
+        let mut values = AlignedVec::<f32>::zeroed(3);
+        values.copy_from_slice(&[1.0, 2.0, 3.0]);
         assert_eq!(values.as_ptr() as usize % 64, 0);
         assert_eq!(&values[..], &[1.0, 2.0, 3.0]);
         assert_eq!(values.prefix(2), &[1.0, 2.0]);

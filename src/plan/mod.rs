@@ -63,14 +63,6 @@ impl FeatureMap {
     }
 }
 
-/// The first `len` elements of a reused buffer, growing it (never shrinking) as needed.
-fn prefix<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
-    if buffer.len() < len {
-        buffer.resize(len, T::default());
-    }
-    &mut buffer[..len]
-}
-
 /// Numeric precision of a planned layer's weights and products.
 #[derive(
     Debug,
@@ -119,8 +111,8 @@ enum ConvWeights {
 pub struct Scratch {
     lowered: AlignedVec<f32>,
     lowered_quantized: AlignedVec<u8>,
-    row_scales: Vec<f32>,
-    pixel_max: Vec<f32>,
+    row_scales: AlignedVec<f32>,
+    pixel_max: AlignedVec<f32>,
 }
 
 /// A convolution (BatchNorm folded in) ready to run as one matrix product.
@@ -377,7 +369,7 @@ impl Conv2d {
                 // serves up to nine rows); 1 x 1 windows scan their one pixel in the band,
                 // which saves a parallel pass per layer.
                 let pixel_max = (self.kernel > 1).then(|| {
-                    let pixel_max = prefix(pixel_max, input.height * input.width);
+                    let pixel_max = pixel_max.prefix(input.height * input.width);
                     let channels = input.channels;
                     if bands == 1 {
                         quantize::maxima(input.data(), channels, pixel_max);
@@ -393,7 +385,7 @@ impl Conv2d {
                 let buffers: Vec<_> = lowered_quantized
                     .prefix(rows * patch)
                     .chunks_mut(rows_per_band * patch)
-                    .zip(prefix(row_scales, rows).chunks_mut(rows_per_band))
+                    .zip(row_scales.prefix(rows).chunks_mut(rows_per_band))
                     .collect();
                 let band =
                     |first_row: usize,
