@@ -142,12 +142,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{F32Weights, PANEL};
-    use crate::kernels::{panel_blocks, unrolled, Finish, TileFinish};
-
-    /// How far ahead (in k, 128 bytes each) the tile fetches its panel into L1: a block
-    /// of panels stays in L2, not in L1, and the first row tile reads it from L3. 8 to 48
-    /// measured alike, 8-10 % faster f32 passes than none (Xeon, 1 and 2 threads).
-    const PREFETCH_K: usize = 24;
+    use crate::kernels::{fetch_ahead, panel_blocks, unrolled, Finish, TileFinish};
 
     pub fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -204,9 +199,7 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let bp = b.as_ptr();
         for kk in 0..k {
-            let ahead = bp.wrapping_add((kk + PREFETCH_K) * PANEL) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            fetch_ahead(bp.add(kk * PANEL) as *const u8, 2);
             let b0 = _mm512_loadu_ps(bp.add(kk * PANEL));
             let b1 = _mm512_loadu_ps(bp.add(kk * PANEL + 16));
             for r in 0..MR {

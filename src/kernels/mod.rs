@@ -149,6 +149,27 @@ pub(crate) fn panel_blocks(
         .map(move |first| first..(first + per_block).min(panels))
 }
 
+/// How far ahead the x86 panel tiles (f32, VNNI, AVX2) fetch their weights into L1: 24 k
+/// of a panel, 128 bytes each. A block of panels stays in L2, not in L1, and the first row
+/// tile reads it from L3. 1 to 6 KB measured alike; f32 passes 8-10 % faster than with
+/// none, int8 6 % (VNNI) and 5 % (AVX2). Fetching the AMX kernel's weight tiles ahead
+/// measured alike with none (Xeon, 1 and 2 threads).
+#[cfg(target_arch = "x86_64")]
+const FETCH_AHEAD_BYTES: usize = 24 * 128;
+
+/// Fetches `lines` 64-byte lines from [`FETCH_AHEAD_BYTES`] past `at` into L1. (Wrapping
+/// arithmetic: the lines may lie past the weights' end, which a prefetch may name.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn fetch_ahead(at: *const u8, lines: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in 0..lines {
+        let ahead = at.wrapping_add(FETCH_AHEAD_BYTES + line * 64) as *const i8;
+        // SAFETY: a prefetch reads nothing and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead) };
+    }
+}
+
 /// A tile's share of a [`Finish`]: its sums go onto the output, or onto the bias (plus
 /// the shortcut) from the tile's first column; then through the ReLU or not.
 #[cfg(target_arch = "x86_64")]

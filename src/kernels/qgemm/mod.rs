@@ -307,12 +307,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{quad_of, Finish, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
-    use crate::kernels::TileFinish;
-
-    /// How far ahead (in k-quads, 128 bytes each) the VNNI and AVX2 tiles fetch their
-    /// panel into L1, as the f32 tile does: int8 passes 6 % (VNNI) and 5 % (AVX2) faster
-    /// on a Xeon. (Fetching the AMX kernel's weight tiles ahead measured alike with none.)
-    const PREFETCH_QUADS: usize = 24;
+    use crate::kernels::{fetch_ahead, TileFinish};
 
     pub static AVX2: Kernel = Kernel {
         name: "avx2",
@@ -368,9 +363,7 @@ mod x86 {
         let bp = b.as_ptr();
         // Whole quads straight from the rows, then the ragged last quad zero-padded.
         for q in 0..full_quads {
-            let ahead = bp.wrapping_add((q + PREFETCH_QUADS) * QUAD_BYTES);
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            fetch_ahead(bp.add(q * QUAD_BYTES) as *const u8, 2);
             let b0 = _mm512_loadu_si512(bp.add(q * QUAD_BYTES) as *const _);
             let b1 = _mm512_loadu_si512(bp.add(q * QUAD_BYTES + 64) as *const _);
             for r in 0..MR {
@@ -473,7 +466,8 @@ mod x86 {
         let full_quads = k / 4;
         let bp = b.as_ptr();
         let quad_step = |acc: &mut [[__m256i; 2]; MR], q: usize, quads: [i32; MR]| {
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add((q + PREFETCH_QUADS) * QUAD_BYTES));
+            // This tile reads one half of each quad: one line.
+            fetch_ahead(bp.add(q * QUAD_BYTES) as *const u8, 1);
             let b0 = _mm256_loadu_si256(bp.add(q * QUAD_BYTES) as *const __m256i);
             let b1 = _mm256_loadu_si256(bp.add(q * QUAD_BYTES + 32) as *const __m256i);
             for r in 0..MR {
