@@ -155,7 +155,7 @@ pub(crate) fn panel_blocks(
 /// none, int8 6 % (VNNI) and 5 % (AVX2). Fetching the AMX kernel's weight tiles ahead
 /// measured alike with none (Xeon, 1 and 2 threads).
 #[cfg(target_arch = "x86_64")]
-const FETCH_AHEAD_BYTES: usize = 24 * 128;
+pub(crate) const FETCH_AHEAD_BYTES: usize = 24 * 128;
 
 /// Fetches `lines` 64-byte lines from [`FETCH_AHEAD_BYTES`] past `at` into L1. (Wrapping
 /// arithmetic: the lines may lie past the weights' end, which a prefetch may name.)
