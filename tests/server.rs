@@ -376,14 +376,55 @@ fn probes_answer_fast_while_every_worker_is_busy() {
     });
 }
 
+/// A request held in flight: its headers and half its body are sent, the rest waits for
+/// [`HeldRequest::finish`]. However fast the server classifies, it has not answered.
+struct HeldRequest {
+    stream: std::net::TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HeldRequest {
+    fn start(port: u16, body: &[u8]) -> HeldRequest {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let (sent, rest) = body.split_at(body.len() / 2);
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(sent).unwrap();
+        HeldRequest {
+            stream,
+            rest: rest.to_vec(),
+        }
+    }
+
+    /// Sends the rest of the body and gives the answer's status.
+    fn finish(mut self) -> u16 {
+        use std::io::{Read, Write};
+        self.stream.write_all(&self.rest).unwrap();
+        let mut answer = String::new();
+        self.stream.read_to_string(&mut answer).unwrap();
+        let status = answer.split_whitespace().nth(1).unwrap_or_default();
+        status
+            .parse()
+            .unwrap_or_else(|_| panic!("no status in {answer:?}"))
+    }
+}
+
 #[test]
 fn sigterm_finishes_accepted_requests_and_exits_0() {
     // A generous grace period: on a loaded machine three forwards in a row can be slow.
     let mut server = Server::ready(&["--workers", "1", "--write-timeout", "120s"], &[]);
     assert!(server.lock_file.exists());
     let tiger = photo("tiger.jpg");
+    // The one worker reads the held request's body; two more requests wait behind it.
+    let held = HeldRequest::start(server.port, &tiger);
+    std::thread::sleep(Duration::from_millis(200));
     let statuses: Vec<u16> = std::thread::scope(|scope| {
-        let clients: Vec<_> = (0..3)
+        let clients: Vec<_> = (0..2)
             .map(|_| scope.spawn(|| server.post("/", &tiger).status))
             .collect();
         std::thread::sleep(Duration::from_millis(300));
@@ -406,7 +447,9 @@ fn sigterm_finishes_accepted_requests_and_exits_0() {
             "the health check fails once shutting down"
         );
         assert!(stderr_of(&check).contains("503"), "{}", stderr_of(&check));
-        clients.into_iter().map(|c| c.join().unwrap()).collect()
+        let held = held.finish();
+        let queued = clients.into_iter().map(|c| c.join().unwrap());
+        std::iter::once(held).chain(queued).collect()
     });
     assert_eq!(statuses, [200, 200, 200]);
     let status = server.wait_exit(Duration::from_secs(30));
