@@ -12,7 +12,7 @@
 
 use super::aligned::AlignedVec;
 use super::gemm::MatMul;
-use super::{Finish, Threads};
+use super::{Finish, Start, Threads};
 
 /// Columns of one panel: two 16-lane registers.
 const PANEL: usize = 32;
@@ -125,12 +125,73 @@ impl F32Weights {
                 product.check(c);
                 #[cfg(target_arch = "x86_64")]
                 if x86::available() {
-                    // SAFETY: AVX-512F is present; `check` bounds `a` and `c`.
-                    return unsafe { x86::run(self, m, a, lda, c, finish) };
+                    let panels = 0..n.div_ceil(PANEL);
+                    // SAFETY: AVX-512F is present; `check` bounds `a` and `c`, which this
+                    // call borrows whole.
+                    return unsafe { x86::run(self, m, a, lda, c.as_mut_ptr(), finish, panels) };
                 }
                 self.run_reference(m, a, lda, c, finish);
             }
         }
+    }
+
+    /// Whether [`Self::run_columns`] runs here: the weights are in panels and the CPU
+    /// has the kernel that reads them.
+    pub fn runs_columns(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.layout == Layout::Panels && x86::available() {
+            return true;
+        }
+        false
+    }
+
+    /// Splits the columns into `parts` ranges of whole panels (fewer when there are fewer
+    /// panels), for [`Self::run_columns`] on as many threads.
+    pub fn column_parts(&self, parts: usize) -> Vec<std::ops::Range<usize>> {
+        let panels = self.n.div_ceil(PANEL);
+        let per_part = panels.div_ceil(parts.max(1)).max(1);
+        (0..panels)
+            .step_by(per_part)
+            .map(|first| first * PANEL..((first + per_part) * PANEL).min(self.n))
+            .collect()
+    }
+
+    /// [`Self::run`] on the columns `columns` only (one of [`Self::column_parts`]), so
+    /// that threads can share a product of few rows by columns: each one then reads its
+    /// share of the weights, where sharing by rows has every thread read them all.
+    ///
+    /// # Safety
+    /// [`Self::runs_columns`]; `c` points at `m x n` values (rows of `n`) which stay
+    /// valid meanwhile, of which no one else reads or writes the columns `columns`.
+    pub unsafe fn run_columns(
+        &self,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: *mut f32,
+        finish: &Finish,
+        columns: std::ops::Range<usize>,
+    ) {
+        assert!(self.runs_columns(), "columns run in panels on AVX-512 only");
+        assert!(columns.start.is_multiple_of(PANEL) && columns.end <= self.n);
+        assert!(m == 0 || a.len() >= (m - 1) * lda + self.k, "a is m x k");
+        if let Start::Bias { bias, shortcut } = finish.start {
+            assert_eq!(bias.len(), self.n, "one bias per column");
+            assert!(
+                shortcut.is_none_or(|s| s.len() == m * self.n),
+                "shortcut shape"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let panels = columns.start / PANEL..columns.end.div_ceil(PANEL);
+            // SAFETY: AVX-512F is present; `a`, the bias and the shortcut are bounded
+            // above; `c` and its columns are the caller's word.
+            x86::run(self, m, a, lda, c, finish, panels);
+        }
+        // Elsewhere `runs_columns` is false: the first assert has stopped the call.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = c;
     }
 
     /// The portable reference of [`Self::run`], whatever the layout.
@@ -152,6 +213,8 @@ mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
+    use std::ops::Range;
+
     use super::{F32Weights, PANEL, TILE_ROWS as ROWS};
     use crate::kernels::{
         fetch_ahead, panel_blocks, unrolled, Finish, TileFinish, FETCH_AHEAD_BYTES,
@@ -162,7 +225,8 @@ mod x86 {
     }
 
     /// # Safety
-    /// AVX-512F is present; `a` holds `m` rows of `k` values `lda` apart, `c` is `m x n`,
+    /// AVX-512F is present; `a` holds `m` rows of `k` values `lda` apart, `c` points at
+    /// `m x n` values of which this call alone reads and writes the columns of `panels`,
     /// and `w` is in panels.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn run(
@@ -170,16 +234,18 @@ mod x86 {
         m: usize,
         a: &[f32],
         lda: usize,
-        c: &mut [f32],
+        c: *mut f32,
         finish: &Finish,
+        panels: Range<usize>,
     ) {
         let (k, n) = (w.k, w.n);
         let panel_len = k * PANEL;
-        let panel_count = n.div_ceil(PANEL);
         let chunks = k.div_ceil(K_CHUNK).max(1);
         let chunk_len = k.div_ceil(chunks).next_multiple_of(4);
         let row_tiles = m.div_ceil(ROWS);
-        for panels in panel_blocks(panel_count, chunk_len.max(1) * PANEL * 4) {
+        let (first_panel, end_panel) = (panels.start, panels.end);
+        let blocks = panel_blocks(panels.len(), chunk_len.max(1) * PANEL * 4);
+        for panels in blocks.map(|block| block.start + first_panel..block.end + first_panel) {
             for chunk in 0..chunks {
                 let first_k = chunk * chunk_len;
                 let len = chunk_len.min(k - first_k);
@@ -189,7 +255,8 @@ mod x86 {
                 let successor = |panel: usize| match last {
                     false => Some(panel * panel_len + (first_k + chunk_len) * PANEL),
                     true => {
-                        Some((panel + panels.len()) * panel_len).filter(|&at| at < w.data.len())
+                        let next = panel + panels.len();
+                        (next < end_panel).then_some(next * panel_len)
                     }
                 };
                 let fetch = Fetch::share(row_tiles, chunk_len);
@@ -201,7 +268,7 @@ mod x86 {
                         let cols = (n - col).min(PANEL);
                         let b = &w.data[panel * panel_len + first_k * PANEL..][..len * PANEL];
                         let a = &a[row * lda + first_k..][..(rows - 1) * lda + len];
-                        let c = &mut c[row * n + col..];
+                        let c = c.add(row * n + col);
                         // The first chunk starts from the finish's start, the others
                         // from what the chunks before them left in `c`.
                         let start = if chunk == 0 {
@@ -300,7 +367,7 @@ mod x86 {
         lda: usize,
         k: usize,
         b: &[f32],
-        c: &mut [f32],
+        c: *mut f32,
         ldc: usize,
         cols: usize,
         finish: TileFinish,
@@ -464,7 +531,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn store<const MR: usize>(
         acc: &Sums<MR>,
-        c: &mut [f32],
+        c: *mut f32,
         ldc: usize,
         cols: usize,
         finish: TileFinish,
@@ -520,13 +587,41 @@ mod tests {
                 let weights = F32Weights::from_row_major(&values, k, n, layout);
                 let mut ours = init.clone();
                 weights.run(m, &a, lda, &mut ours, &finish);
-                for (i, (x, y)) in ours.iter().zip(&expected).enumerate() {
+                let mut by_columns = init.clone();
+                if weights.runs_columns() {
+                    for columns in weights.column_parts(1 + (case / 3) % 3) {
+                        // SAFETY: `by_columns` is m x n; the parts run one at a time.
+                        unsafe {
+                            let c = by_columns.as_mut_ptr();
+                            weights.run_columns(m, &a, lda, c, &finish, columns);
+                        }
+                    }
+                } else {
+                    by_columns.clone_from(&ours);
+                }
+                for (i, ((x, y), z)) in ours.iter().zip(&expected).zip(&by_columns).enumerate() {
                     let tolerance = 1e-5 * (1.0 + k as f32) * (1.0 + y.abs());
                     assert!(
                         (x - y).abs() <= tolerance,
                         "{layout:?} case {case} ({m}x{n}x{k}) at {i}: {x} vs {y}"
                     );
+                    assert_eq!(x, z, "{layout:?} case {case} by columns at {i}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn column_parts_are_whole_panels_covering_every_column_once() {
+        for (n, parts) in [(45, 2), (64, 2), (512, 3), (20, 4), (2048, 2)] {
+            let weights = F32Weights::zeros(3, n, Layout::Panels);
+            let ranges = weights.column_parts(parts);
+            assert!(ranges.len() <= parts);
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(n));
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert_eq!(pair[0].end % PANEL, 0);
             }
         }
     }

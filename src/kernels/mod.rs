@@ -211,7 +211,7 @@ impl<'a> TileFinish<'a> {
     /// the end. (Wrapping arithmetic: the second line may lie past the last row's end,
     /// which a prefetch may name but `add` may not.)
     #[inline(always)]
-    pub fn prefetch(&self, c: &[f32], rows: usize, ldc: usize) {
+    pub fn prefetch(&self, c: *const f32, rows: usize, ldc: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let fetch = |first: *const f32| {
             for r in 0..rows {
@@ -223,7 +223,7 @@ impl<'a> TileFinish<'a> {
                 }
             }
         };
-        fetch(c.as_ptr());
+        fetch(c);
         if let Some(shortcut) = self.shortcut {
             fetch(shortcut.as_ptr());
         }
@@ -245,13 +245,14 @@ impl<'a> TileFinish<'a> {
     /// sums onto the start (the int8 kernels scale them in the same `fma`).
     ///
     /// # Safety
-    /// AVX-512F is present; the masked lanes lie inside `c`, the bias and the shortcut.
+    /// AVX-512F is present; the masked lanes lie inside `c`'s output, the bias and the
+    /// shortcut, and no other thread reads or writes them in `c` meanwhile.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn store16(
         &self,
         add: impl FnOnce(std::arch::x86_64::__m512) -> std::arch::x86_64::__m512,
-        c: &mut [f32],
+        c: *mut f32,
         r: usize,
         ldc: usize,
         first: usize,
@@ -259,7 +260,7 @@ impl<'a> TileFinish<'a> {
     ) {
         use std::arch::x86_64::*;
         let at = r * ldc + first;
-        let out = c.as_mut_ptr().add(at);
+        let out = c.add(at);
         let start = match (self.bias, self.shortcut) {
             (None, _) => _mm512_maskz_loadu_ps(mask, out),
             (Some(bias), None) => _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(first)),

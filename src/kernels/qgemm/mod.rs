@@ -357,7 +357,7 @@ mod x86 {
         finish: TileFinish,
     ) {
         let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
-        finish.prefetch(c, MR, ldc);
+        finish.prefetch(c.as_ptr(), MR, ldc);
         let mut acc = [[_mm512_setzero_si512(); 2]; MR];
         let full_quads = k / 4;
         let bp = b.as_ptr();
@@ -416,7 +416,7 @@ mod x86 {
                 _mm512_set1_ps(row_scale),
             );
             let add = |start| _mm512_fmadd_ps(_mm512_cvtepi32_ps(*sums), s, start);
-            finish.store16(add, c, r, ldc, first, mask);
+            finish.store16(add, c.as_mut_ptr(), r, ldc, first, mask);
         }
     }
 
