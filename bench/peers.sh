@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side with the peers on this machine: `classify bench` (f32, int8) against ONNX
-# Runtime (fp32, int8 static QDQ) and tract (f32, one thread: bench/tract, its own crate)
-# running our own weights, exported from the safetensors.
+# Runtime (fp32, int8 static QDQ), PyTorch (frozen TorchScript, f32) and tract (f32, one
+# thread: bench/tract, its own crate), all running our own weights, exported from the
+# safetensors. The venv it creates takes ~6 GB (PyPI's torch brings its CUDA libraries).
 # Interleaved round by round; medians and ratios go to bench/results/peers.md.
 #   bench/peers.sh [ROUNDS] [ITERS]
 set -euo pipefail
@@ -17,6 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q onnxruntime onnx numpy safetensors pillow sympy
 fi
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q torch
 cargo build --release --quiet
 (cd bench/tract && cargo build --locked --release --quiet)
 [ -f "$WORK/resnet50.onnx" ] ||
@@ -36,6 +38,8 @@ for round in $(seq "$ROUNDS"); do
       --iters "$ITERS" --name "onnxruntime f32" >> "$RAW"
     "$VENV/bin/python" bench/peers/ort_bench.py "$WORK/resnet50-int8.onnx" --threads "$threads" \
       --iters "$ITERS" --name "onnxruntime int8" >> "$RAW"
+    "$VENV/bin/python" bench/peers/torch_bench.py weights/resnet50.safetensors \
+      --threads "$threads" --iters "$ITERS" >> "$RAW"
     if [ "$threads" = 1 ]; then
       bench/tract/target/release/tract-peer "$WORK/resnet50.onnx" --iters "$ITERS" >> "$RAW"
     fi

@@ -12,7 +12,8 @@ for line in open(sys.argv[1]):
     runs[(engine, r["threads"])].append(r["median_ms"])
     loads[engine].append(r["load_s"])
 
-engines = ["classify f32", "onnxruntime f32", "tract f32", "classify int8", "onnxruntime int8"]
+engines = ["classify f32", "onnxruntime f32", "pytorch f32", "tract f32", "classify int8",
+           "onnxruntime int8"]
 peer = {"classify f32": "onnxruntime f32", "classify int8": "onnxruntime int8"}
 print("| engine | 1 thread (ms) | 2 threads (ms) | vs ONNX Runtime, 1 / 2 threads | load (s) |")
 print("| --- | --- | --- | --- | --- |")
