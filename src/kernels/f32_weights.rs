@@ -91,6 +91,11 @@ impl F32Weights {
         self.data[at] = value;
     }
 
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
     /// Bytes the weights take.
     pub fn bytes(&self) -> usize {
         self.data.len() * size_of::<f32>()

@@ -1,31 +1,53 @@
 //! Pooling over NHWC activations.
 
-use super::im2col::Window;
+use rayon::prelude::*;
 
-/// Max pooling; padded positions are ignored (as if they held -inf).
-pub fn max_pool(window: &Window, input: &[f32], out: &mut [f32]) {
+use super::im2col::Window;
+use super::Threads;
+
+/// Max pooling; padded positions are ignored (as if they held -inf). With several
+/// threads, each takes a band of output rows.
+pub fn max_pool(window: &Window, input: &[f32], out: &mut [f32], threads: Threads) {
     let c = window.channels;
     assert_eq!(input.len(), window.height * window.width * c);
     let (out_h, out_w) = (window.out_height(), window.out_width());
     let out = &mut out[..out_h * out_w * c];
+    let row_len = out_w * c;
+    let rows_per_band = out_h.div_ceil(threads.get()).max(1);
+    let band = |(i, band): (usize, &mut [f32])| {
+        max_pool_rows(window, input, i * rows_per_band, band);
+    };
+    if threads.get() == 1 || out.is_empty() {
+        out.chunks_mut(rows_per_band * row_len.max(1))
+            .enumerate()
+            .for_each(band);
+    } else {
+        out.par_chunks_mut(rows_per_band * row_len.max(1))
+            .enumerate()
+            .for_each(band);
+    }
+}
+
+/// Output rows `first_row..` of a max pooling, as many as `out` holds.
+fn max_pool_rows(window: &Window, input: &[f32], first_row: usize, out: &mut [f32]) {
+    let c = window.channels;
+    let out_w = window.out_width();
     out.fill(f32::NEG_INFINITY);
-    for oy in 0..out_h {
-        for ox in 0..out_w {
-            let dst = &mut out[(oy * out_w + ox) * c..][..c];
-            for ky in 0..window.kernel {
-                let y = (oy * window.stride + ky) as isize - window.padding as isize;
-                if y < 0 || y >= window.height as isize {
+    for (i, dst) in out.chunks_exact_mut(c).enumerate() {
+        let (oy, ox) = (first_row + i / out_w, i % out_w);
+        for ky in 0..window.kernel {
+            let y = (oy * window.stride + ky) as isize - window.padding as isize;
+            if y < 0 || y >= window.height as isize {
+                continue;
+            }
+            for kx in 0..window.kernel {
+                let x = (ox * window.stride + kx) as isize - window.padding as isize;
+                if x < 0 || x >= window.width as isize {
                     continue;
                 }
-                for kx in 0..window.kernel {
-                    let x = (ox * window.stride + kx) as isize - window.padding as isize;
-                    if x < 0 || x >= window.width as isize {
-                        continue;
-                    }
-                    let src = &input[(y as usize * window.width + x as usize) * c..][..c];
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = larger(*d, s);
-                    }
+                let src = &input[(y as usize * window.width + x as usize) * c..][..c];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = larger(*d, s);
                 }
             }
         }
@@ -72,7 +94,7 @@ mod tests {
     fn max_pool_matches_candle_on_odd_sizes() {
         use candle_core::{Device, Tensor};
         let mut rng = Lcg(5);
-        for _ in 0..30 {
+        for case in 0..30 {
             let window = Window {
                 height: 3 + rng.below(10),
                 width: 3 + rng.below(10),
@@ -83,7 +105,7 @@ mod tests {
             };
             let input = rng.vec(window.height * window.width * window.channels);
             let mut ours = vec![0.0; window.rows() * window.channels];
-            max_pool(&window, &input, &mut ours);
+            max_pool(&window, &input, &mut ours, Threads(1 + case % 3));
             // candle: NCHW, -inf padding by hand.
             let (h, w, c) = (window.height, window.width, window.channels);
             let nchw = Tensor::from_vec(input, (1, h, w, c), &Device::Cpu)

@@ -11,7 +11,6 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::kernels::aligned::AlignedVec;
 use crate::kernels::f32_weights::{self, F32Weights, Layout};
-use crate::kernels::gemm::MatMul;
 use crate::kernels::im2col::Window;
 use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
 use rayon::prelude::*;
@@ -347,19 +346,13 @@ impl Conv2d {
             ConvWeights::F32(weights)
                 if bands > 1 && rows_per_band < SPLIT_COLUMNS_BELOW && weights.runs_columns() =>
             {
-                let parts = weights.column_parts(bands);
                 let lowered = match window.is_identity() {
                     true => &mut [][..],
                     false => scratch.lowered.prefix(rows * patch),
                 };
                 let a = window.lowered_band(input.data(), 0, rows, lowered);
                 let finish = finish_band(0, output.data().len());
-                let c = SharedOutput(output.data_mut().as_mut_ptr());
-                parts.into_par_iter().for_each(|columns| {
-                    // SAFETY: the parts are disjoint columns of `output`, which outlives
-                    // the loop and is touched by nothing else meanwhile.
-                    unsafe { weights.run_columns(rows, a, patch, c.get(), &finish, columns) }
-                });
+                run_by_columns(weights, bands, rows, a, patch, output.data_mut(), &finish);
             }
             ConvWeights::F32(weights) => {
                 let rows_per_lowering = lowering_rows(&window, weights.bytes(), rows_per_band);
@@ -523,6 +516,28 @@ fn run_bands<S: Send>(
 /// its 14 x 14 layers (98 rows a thread) measured alike either way.
 const SPLIT_COLUMNS_BELOW: usize = 4 * f32_weights::TILE_ROWS;
 
+/// `c = finish(a * weights)` (`rows` rows of `a`, `lda` apart), the columns split in up to
+/// `parts` shares run in parallel ([`F32Weights::run_columns`]).
+fn run_by_columns(
+    weights: &F32Weights,
+    parts: usize,
+    rows: usize,
+    a: &[f32],
+    lda: usize,
+    c: &mut [f32],
+    finish: &Finish,
+) {
+    assert_eq!(c.len(), rows * weights.n(), "c is rows x n");
+    let out = SharedOutput(c.as_mut_ptr());
+    weights
+        .column_parts(parts)
+        .into_par_iter()
+        .for_each(|columns| {
+            // SAFETY: the parts are disjoint columns of `c`, borrowed mutably for the loop.
+            unsafe { weights.run_columns(rows, a, lda, out.get(), finish, columns) }
+        });
+}
+
 /// The output of a product that threads share by columns, each writing its own.
 #[derive(Clone, Copy)]
 struct SharedOutput(*mut f32);
@@ -549,7 +564,7 @@ pub struct Dense {
     inputs: usize,
     outputs: usize,
     /// `[inputs, outputs]`.
-    weights: Vec<f32>,
+    weights: F32Weights,
     bias: Vec<f32>,
 }
 
@@ -557,10 +572,10 @@ impl Dense {
     pub fn from_candle(linear: &candle_nn::Linear) -> Result<Self> {
         let (outputs, inputs) = linear.weight().dims2()?;
         // `[outputs, inputs]` is a 1 x 1 kernel; its product rows are the inputs.
-        let mut weights = vec![0.0; outputs * inputs];
+        let mut weights = F32Weights::zeros(inputs, outputs, Layout::best());
         with_f32_values(linear.weight(), |stored| {
             for_each_stored_tap(stored, inputs, 1, |output, input, value| {
-                weights[input * outputs + output] = value;
+                weights.set(input, output, value)
             })
         })?;
         let bias = match linear.bias() {
@@ -579,18 +594,31 @@ impl Dense {
         self.outputs
     }
 
+    /// One row: its product reads every weight once, so threads share it by columns.
     pub fn forward(&self, input: &[f32], threads: Threads) -> Vec<f32> {
         assert_eq!(input.len(), self.inputs, "dense input length");
-        let mut out = self.bias.clone();
-        MatMul {
-            m: 1,
-            n: self.outputs,
-            k: self.inputs,
-            a: input,
-            lda: self.inputs,
-            b: &self.weights,
+        let mut out = vec![0.0; self.outputs];
+        let finish = Finish {
+            start: Start::Bias {
+                bias: &self.bias,
+                shortcut: None,
+            },
+            relu: false,
+        };
+        if threads.get() > 1 && self.weights.runs_columns() {
+            let parts = threads.get();
+            run_by_columns(
+                &self.weights,
+                parts,
+                1,
+                input,
+                self.inputs,
+                &mut out,
+                &finish,
+            );
+        } else {
+            self.weights.run(1, input, self.inputs, &mut out, &finish);
         }
-        .accumulate(&mut out, threads);
         out
     }
 }
@@ -779,6 +807,30 @@ mod tests {
                 error <= 0.02 * norm + 1e-4,
                 "case {case}: error {error} of {norm}"
             );
+        }
+    }
+
+    #[test]
+    fn dense_layers_match_candle_on_any_thread_count() {
+        let mut rng = Lcg(12);
+        let (inputs, outputs) = (70, 100);
+        let weight = random_tensor(&mut rng, &[outputs, inputs]);
+        let bias = random_tensor(&mut rng, &[outputs]);
+        let linear = candle_nn::Linear::new(weight, Some(bias));
+        let input = random_tensor(&mut rng, &[1, inputs]);
+        let expected = linear.forward(&input).unwrap().flatten_all().unwrap();
+        let expected = expected.to_vec1::<f32>().unwrap();
+        let dense = Dense::from_candle(&linear).unwrap();
+        let input = input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for threads in 1..=3 {
+            let ours = dense.forward(&input, Threads(threads));
+            assert_eq!(ours.len(), outputs);
+            for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "{threads} threads, {i}"
+                );
+            }
         }
     }
 

@@ -181,7 +181,7 @@ impl ResNetPlan {
                     padding: 1,
                 };
                 ws.x.reset(window.out_height(), window.out_width(), window.channels);
-                pool::max_pool(&window, ws.spatial.data(), ws.x.data_mut());
+                pool::max_pool(&window, ws.spatial.data(), ws.x.data_mut(), threads);
                 for block in &self.blocks {
                     block.forward(ws, threads);
                 }
