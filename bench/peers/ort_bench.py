@@ -1,12 +1,11 @@
 """ONNX Runtime peer of `classify bench`: one JSON line per run with the same fields.
 Usage: ort_bench.py MODEL.onnx --threads N --iters N [--name NAME] [--golden GOLDEN]"""
 import argparse
-import json
-import resource
 import time
 
 import numpy as np
 import onnxruntime as ort
+from timing import report
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model")
@@ -35,23 +34,5 @@ if args.golden:
         for n in names)
 
 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-for _ in range(args.warmup):
-    session.run(None, {"input": x})
-times = []
-for _ in range(args.iters):
-    t = time.perf_counter()
-    session.run(None, {"input": x})
-    times.append((time.perf_counter() - t) * 1e3)
-times.sort()
-
-
-def pct(p):
-    return times[round((len(times) - 1) * p)]
-
-
-print(json.dumps({
-    "model": args.name, "threads": args.threads, "iters": args.iters,
-    "median_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99),
-    "load_s": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "golden_max_abs_diff": max_diff,
-}))
+report(args.name, args.threads, lambda: session.run(None, {"input": x}), args.iters, args.warmup,
+       load_s, max_diff)

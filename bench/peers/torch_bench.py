@@ -3,14 +3,13 @@
 (TorchScript), one JSON line per run with the same fields as ort_bench.py.
 Usage: torch_bench.py WEIGHTS.safetensors --threads N --iters N [--golden GOLDEN]"""
 import argparse
-import json
-import resource
 import time
 import warnings
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file
+from timing import report
 
 EPS = 1e-5
 
@@ -97,23 +96,4 @@ with torch.no_grad():
                          - golden[n + ".logits"]).max())
             for n in names)
 
-    for _ in range(args.warmup):
-        model(x)
-    times = []
-    for _ in range(args.iters):
-        t = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - t) * 1e3)
-times.sort()
-
-
-def pct(p):
-    return times[round((len(times) - 1) * p)]
-
-
-print(json.dumps({
-    "model": args.name, "threads": args.threads, "iters": args.iters,
-    "median_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99),
-    "load_s": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "golden_max_abs_diff": max_diff,
-}))
+    report(args.name, args.threads, lambda: model(x), args.iters, args.warmup, load_s, max_diff)
