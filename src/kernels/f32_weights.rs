@@ -330,7 +330,7 @@ mod x86 {
     impl Fetch {
         fn share(row_tiles: usize, chunk_len: usize) -> Self {
             let chunk_bytes = chunk_len * PANEL * size_of::<f32>();
-            let step = (chunk_bytes / chunk_len.div_ceil(4).max(1) / row_tiles)
+            let step = (chunk_bytes / chunk_len.div_ceil(4).max(1) / row_tiles.max(1))
                 .next_multiple_of(64)
                 .min(256);
             Self {
@@ -614,6 +614,12 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_product_of_no_rows_writes_nothing() {
+        let weights = F32Weights::from_row_major(&[1.0; 6 * 40], 6, 40, Layout::best());
+        weights.run(0, &[], 6, &mut [], &Finish::ACCUMULATE);
     }
 
     #[test]
