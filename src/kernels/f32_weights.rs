@@ -312,7 +312,7 @@ mod x86 {
     /// left in the output, so that the weights that the first row tile reads from memory
     /// are ones the tiles of the chunk before fetched in the background ([`Fetch`]).
     /// ResNet-50's 7 x 7 layers (49 rows in 4 tiles, 60 MB of weights) took 12.9 ms of a
-    /// one-thread pass run whole and 10.7 in chunks, and the pass 6 % less on one thread
+    /// one-thread pass run whole and 10.2 in chunks, and the pass 6-8 % less on one thread
     /// and on two (Xeon, one core reads ~11 GB/s); chunks of 256 to 1024 measured alike.
     const K_CHUNK: usize = 1024;
 
