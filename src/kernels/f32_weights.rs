@@ -12,7 +12,7 @@
 
 use super::aligned::AlignedVec;
 use super::gemm::MatMul;
-use super::{Finish, Start, Threads};
+use super::{Finish, Threads};
 
 /// Columns of one panel: two 16-lane registers.
 const PANEL: usize = 32;
@@ -180,13 +180,7 @@ impl F32Weights {
         assert!(self.runs_columns(), "columns run in panels on AVX-512 only");
         assert!(columns.start.is_multiple_of(PANEL) && columns.end <= self.n);
         assert!(m == 0 || a.len() >= (m - 1) * lda + self.k, "a is m x k");
-        if let Start::Bias { bias, shortcut } = finish.start {
-            assert_eq!(bias.len(), self.n, "one bias per column");
-            assert!(
-                shortcut.is_none_or(|s| s.len() == m * self.n),
-                "shortcut shape"
-            );
-        }
+        finish.check_len(m * self.n, self.n);
         #[cfg(target_arch = "x86_64")]
         {
             let panels = columns.start / PANEL..columns.end.div_ceil(PANEL);

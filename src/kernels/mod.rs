@@ -73,12 +73,14 @@ impl Finish<'_> {
 
     /// Checks the start's shapes against `c`, rows of `n`.
     pub fn check(&self, c: &[f32], n: usize) {
+        self.check_len(c.len(), n);
+    }
+
+    /// [`Self::check`] for an output of `len` values held by pointer.
+    pub fn check_len(&self, len: usize, n: usize) {
         if let Start::Bias { bias, shortcut } = self.start {
             assert_eq!(bias.len(), n, "one bias per column");
-            assert!(
-                shortcut.is_none_or(|s| s.len() == c.len()),
-                "shortcut shape"
-            );
+            assert!(shortcut.is_none_or(|s| s.len() == len), "shortcut shape");
         }
     }
 
