@@ -12,6 +12,7 @@
 
 use super::aligned::AlignedVec;
 use super::gemm::MatMul;
+use super::im2col::PaddedRows;
 use super::{Finish, Threads};
 
 /// Columns of one panel: two 16-lane registers.
@@ -131,23 +132,76 @@ impl F32Weights {
                 #[cfg(target_arch = "x86_64")]
                 if x86::available() {
                     let panels = 0..n.div_ceil(PANEL);
+                    let left = x86::Left::Matrix { a, lda };
                     // SAFETY: AVX-512F is present; `check` bounds `a` and `c`, which this
                     // call borrows whole.
-                    return unsafe { x86::run(self, m, a, lda, c.as_mut_ptr(), finish, panels) };
+                    return unsafe { x86::run(self, m, left, c.as_mut_ptr(), finish, panels) };
                 }
                 self.run_reference(m, a, lda, c, finish);
             }
         }
     }
 
-    /// Whether [`Self::run_columns`] runs here: the weights are in panels and the CPU
-    /// has the kernel that reads them.
+    /// Whether [`Self::run_columns`] and [`Self::run_padded`] run here: the weights are in
+    /// panels and the CPU has the kernel that reads them.
     pub fn runs_columns(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.layout == Layout::Panels && x86::available() {
             return true;
         }
         false
+    }
+
+    /// [`Self::run`] on the lowered rows of output pixels `first_pixel..first_pixel + m`
+    /// of a stride-1 convolution, read in place from its padded input `rows` rather than
+    /// lowered (3 x 3: nine copies of every input value) first: ResNet-50's 3 x 3 layers
+    /// of 56, 28 and 14 pixels square. The 14-row tiles must not cross image rows:
+    /// `first_pixel`, `m` and the image width are whole multiples of [`TILE_ROWS`].
+    pub fn run_padded(
+        &self,
+        first_pixel: usize,
+        m: usize,
+        rows: &PaddedRows,
+        c: &mut [f32],
+        finish: &Finish,
+    ) {
+        assert!(
+            self.runs_columns(),
+            "padded rows run in panels on AVX-512 only"
+        );
+        assert_eq!(
+            self.k,
+            rows.kernel * rows.kernel * rows.channels,
+            "k is a patch"
+        );
+        assert!(
+            [first_pixel, m, rows.width]
+                .iter()
+                .all(|v| v % TILE_ROWS == 0),
+            "whole tiles inside image rows"
+        );
+        assert!(
+            first_pixel / rows.width.max(1) >= rows.first_y,
+            "rows start above"
+        );
+        assert_eq!(c.len(), m * self.n, "c is m x n");
+        finish.check(c, self.n);
+        if m == 0 {
+            return;
+        }
+        let last_tap = rows.tap_start(first_pixel + m - 1, rows.kernel * rows.kernel - 1);
+        assert!(
+            last_tap + rows.channels <= rows.data.len(),
+            "rows end below"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            let panels = 0..self.n.div_ceil(PANEL);
+            let left = x86::Left::Padded { rows, first_pixel };
+            // SAFETY: AVX-512F is present; the asserts above bound every tap of every
+            // pixel and `c`, which this call borrows whole.
+            unsafe { x86::run(self, m, left, c.as_mut_ptr(), finish, panels) };
+        }
     }
 
     /// Splits the columns into `parts` ranges of whole panels (fewer when there are fewer
@@ -186,7 +240,7 @@ impl F32Weights {
             let panels = columns.start / PANEL..columns.end.div_ceil(PANEL);
             // SAFETY: AVX-512F is present; `a`, the bias and the shortcut are bounded
             // above; `c` and its columns are the caller's word.
-            x86::run(self, m, a, lda, c, finish, panels);
+            x86::run(self, m, x86::Left::Matrix { a, lda }, c, finish, panels);
         }
         // Elsewhere `runs_columns` is false: the first assert has stopped the call.
         #[cfg(not(target_arch = "x86_64"))]
@@ -214,7 +268,7 @@ mod x86 {
 
     use std::ops::Range;
 
-    use super::{F32Weights, PANEL, TILE_ROWS as ROWS};
+    use super::{F32Weights, PaddedRows, PANEL, TILE_ROWS as ROWS};
     use crate::kernels::{
         fetch_ahead, panel_blocks, unrolled, Finish, TileFinish, FETCH_AHEAD_BYTES,
     };
@@ -223,24 +277,70 @@ mod x86 {
         std::arch::is_x86_feature_detected!("avx512f")
     }
 
+    /// The left-hand rows of a product.
+    #[derive(Clone, Copy)]
+    pub enum Left<'a> {
+        /// `m x k`, rows `lda` apart.
+        Matrix { a: &'a [f32], lda: usize },
+        /// Output pixels from `first_pixel` on, read in place tap by tap (whole tiles in
+        /// image rows, see [`F32Weights::run_padded`]).
+        Padded {
+            rows: &'a PaddedRows<'a>,
+            first_pixel: usize,
+        },
+    }
+
+    /// A run of k that a tile's 14 rows read from `at` on (rows `lda` apart).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Segment {
+        at: *const f32,
+        quads: usize,
+        rest: usize,
+    }
+
+    impl Segment {
+        fn new(at: *const f32, len: usize) -> Self {
+            Self {
+                at,
+                quads: len / 4,
+                rest: len % 4,
+            }
+        }
+    }
+
+    // The assembly reads a segment's fields at 0, 8 and 16 bytes.
+    const _: () = assert!(size_of::<Segment>() == 24);
+
+    /// Taps a chunk of a padded product holds at most (the segments of one tile).
+    const MAX_TAPS: usize = 16;
+
     /// # Safety
-    /// AVX-512F is present; `a` holds `m` rows of `k` values `lda` apart, `c` points at
-    /// `m x n` values of which this call alone reads and writes the columns of `panels`,
-    /// and `w` is in panels.
+    /// AVX-512F is present; `left` holds `m` rows of `k` values (its bounds checked),
+    /// `c` points at `m x n` values of which this call alone reads and writes the columns
+    /// of `panels`, and `w` is in panels.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn run(
         w: &F32Weights,
         m: usize,
-        a: &[f32],
-        lda: usize,
+        left: Left,
         c: *mut f32,
         finish: &Finish,
         panels: Range<usize>,
     ) {
         let (k, n) = (w.k, w.n);
         let panel_len = k * PANEL;
-        let chunks = k.div_ceil(K_CHUNK).max(1);
-        let chunk_len = k.div_ceil(chunks).next_multiple_of(4);
+        let mut chunks = k.div_ceil(K_CHUNK).max(1);
+        let (chunk_len, lda) = match left {
+            Left::Matrix { lda, .. } => (k.div_ceil(chunks).next_multiple_of(4), lda),
+            // Chunks of whole taps, one segment each.
+            Left::Padded { rows, .. } => {
+                let taps = rows.kernel * rows.kernel;
+                let per_chunk = taps.div_ceil(chunks).min(MAX_TAPS);
+                chunks = taps.div_ceil(per_chunk);
+                (per_chunk * rows.channels, rows.channels)
+            }
+        };
         let row_tiles = m.div_ceil(ROWS);
         let (first_panel, end_panel) = (panels.start, panels.end);
         let blocks = panel_blocks(panels.len(), chunk_len.max(1) * PANEL * 4);
@@ -262,11 +362,27 @@ mod x86 {
                 for row_tile in 0..row_tiles {
                     let row = row_tile * ROWS;
                     let rows = (m - row).min(ROWS);
+                    let mut segments = [Segment::new(std::ptr::null(), 0); MAX_TAPS];
+                    let segments = match left {
+                        Left::Matrix { a, lda } => {
+                            let a = &a[row * lda + first_k..][..(rows - 1) * lda + len];
+                            segments[0] = Segment::new(a.as_ptr(), len);
+                            &segments[..1]
+                        }
+                        Left::Padded { rows, first_pixel } => {
+                            let (taps, channels) = (len / rows.channels, rows.channels);
+                            let first_tap = first_k / channels;
+                            for (tap, segment) in segments[..taps].iter_mut().enumerate() {
+                                let at = rows.tap_start(first_pixel + row, first_tap + tap);
+                                *segment = Segment::new(rows.data.as_ptr().add(at), channels);
+                            }
+                            &segments[..taps]
+                        }
+                    };
                     for panel in panels.clone() {
                         let col = panel * PANEL;
                         let cols = (n - col).min(PANEL);
                         let b = &w.data[panel * panel_len + first_k * PANEL..][..len * PANEL];
-                        let a = &a[row * lda + first_k..][..(rows - 1) * lda + len];
                         let c = c.add(row * n + col);
                         // The first chunk starts from the finish's start, the others
                         // from what the chunks before them left in `c`.
@@ -280,10 +396,14 @@ mod x86 {
                         let fetch = fetch.slice(&w.data, successor(panel), row_tile);
                         if rows == ROWS {
                             tile_finish.prefetch(c, ROWS, n);
-                            let sums = sums_14(a.as_ptr(), lda, len, b.as_ptr(), fetch);
+                            let sums = sums_14(segments, lda, b.as_ptr(), fetch);
                             store(&sums, c, n, cols, tile_finish);
                             continue;
                         }
+                        let Left::Matrix { a, lda } = left else {
+                            unreachable!("padded products run whole tiles")
+                        };
+                        let a = &a[row * lda + first_k..][..(rows - 1) * lda + len];
                         macro_rules! rest_tile {
                             ($($rows:literal)*) => {
                                 match rows {
@@ -445,25 +565,24 @@ mod x86 {
         };
     }
 
-    /// The sums of 14 rows of `a` (`lda` apart) times one panel `b` (`k x 32`). Assembly,
-    /// because compiled from the loop of [`tile`] each row's address took an `add` (the
-    /// compiler walks the 14 rows with one register), which competes with the `fma`s for
-    /// their ports: here five row pointers and a row length address all 14 rows, and four k
-    /// run per loop.
+    /// The sums of 14 rows (`lda` apart) times one panel `b` (`k x 32`), the rows' k
+    /// read segment by segment. Assembly, because compiled from the loop of [`tile`] each
+    /// row's address took an `add` (the compiler walks the 14 rows with one register),
+    /// which competes with the `fma`s for their ports: here five row pointers and a row
+    /// length address all 14 rows, and four k run per loop.
     ///
     /// # Safety
-    /// AVX-512F is present; `a` holds 14 rows of `k` values `lda` apart, `b` a panel of
-    /// `k x 32` values.
+    /// AVX-512F is present; `segments` (at least one) hold 14 rows each, `lda` apart, of
+    /// as many values as they say; `b` a panel of 32 values a k for all of them.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn sums_14(
-        a: *const f32,
+        segments: &[Segment],
         lda: usize,
-        k: usize,
         b: *const f32,
         (fetch_at, fetch_step): (*const u8, usize),
     ) -> Sums<ROWS> {
-        let row = |r: usize| a.wrapping_add(r * lda);
+        assert!(!segments.is_empty());
         let mut s = [_mm512_setzero_ps(); 2 * ROWS];
         asm!(
             "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2",
@@ -476,7 +595,15 @@ mod x86 {
             "vpxord zmm21, zmm21, zmm21", "vpxord zmm22, zmm22, zmm22", "vpxord zmm23, zmm23, zmm23",
             "vpxord zmm24, zmm24, zmm24", "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26",
             "vpxord zmm27, zmm27, zmm27",
-            "test {quads}, {quads}",
+            // Each segment: its rows 0, 3, 6, 9 and 12, then its quads of k, then the rest.
+            "6:",
+            "mov {p0}, [{segment}]",
+            "mov {count}, [{segment} + 8]",
+            "lea {p3}, [{p0} + {l}*2]", "add {p3}, {l}",
+            "lea {p6}, [{p3} + {l}*2]", "add {p6}, {l}",
+            "lea {p9}, [{p6} + {l}*2]", "add {p9}, {l}",
+            "lea {p12}, [{p9} + {l}*2]", "add {p12}, {l}",
+            "test {count}, {count}",
             "jz 3f",
             "2:",
             step_14!(0, 0),
@@ -488,27 +615,32 @@ mod x86 {
             "add {pf}, {pf_step}",
             "add {p0}, 16", "add {p3}, 16", "add {p6}, 16", "add {p9}, 16", "add {p12}, 16",
             "add {b}, 512",
-            "dec {quads}",
+            "dec {count}",
             "jnz 2b",
             "3:",
-            "test {rest}, {rest}",
+            "mov {count}, [{segment} + 16]",
+            "test {count}, {count}",
             "jz 5f",
             "4:",
             step_14!(0, 0),
             "add {p0}, 4", "add {p3}, 4", "add {p6}, 4", "add {p9}, 4", "add {p12}, 4",
             "add {b}, 128",
-            "dec {rest}",
+            "dec {count}",
             "jnz 4b",
             "5:",
-            p0 = inout(reg) row(0) => _,
-            p3 = inout(reg) row(3) => _,
-            p6 = inout(reg) row(6) => _,
-            p9 = inout(reg) row(9) => _,
-            p12 = inout(reg) row(12) => _,
+            "add {segment}, 24",
+            "dec {segments}",
+            "jnz 6b",
+            p0 = out(reg) _,
+            p3 = out(reg) _,
+            p6 = out(reg) _,
+            p9 = out(reg) _,
+            p12 = out(reg) _,
             l = in(reg) lda * 4,
             b = inout(reg) b => _,
-            quads = inout(reg) k / 4 => _,
-            rest = inout(reg) k % 4 => _,
+            count = out(reg) _,
+            segment = inout(reg) segments.as_ptr() => _,
+            segments = inout(reg) segments.len() => _,
             ahead = const FETCH_AHEAD_BYTES,
             pf = inout(reg) fetch_at => _,
             pf_step = in(reg) fetch_step,
@@ -553,6 +685,7 @@ mod tests {
     use super::*;
     use crate::kernels::finish_of_case;
     use crate::kernels::gemm::tests::Lcg;
+    use crate::kernels::im2col::Window;
 
     /// Every layout, run as the plan runs it, against the reference loops: ragged shapes
     /// around the 12 x 32 tile, every start, with and without the ReLU.
@@ -606,6 +739,57 @@ mod tests {
                     );
                     assert_eq!(x, z, "{layout:?} case {case} by columns at {i}");
                 }
+            }
+        }
+    }
+
+    /// Stride-1 convolutions read in place from their padded rows against the same rows
+    /// lowered: 3 x 3 and 5 x 5 windows, channels not a multiple of 4, products of one and
+    /// of several k chunks, bands that start and end inside image rows.
+    #[test]
+    fn padded_rows_run_like_their_lowered_rows() {
+        let weights = F32Weights::zeros(1, 1, Layout::best());
+        if !weights.runs_columns() {
+            return;
+        }
+        let mut rng = Lcg(31);
+        let cases = [
+            // (height, width, channels, kernel, n, first_pixel, pixels)
+            (4, 14, 3, 3, 40, 0, 56),
+            (5, 28, 16, 3, 64, 14, 98),
+            (3, 14, 130, 3, 33, 0, 42),
+            (6, 14, 512, 3, 32, 28, 42),
+            (5, 28, 9, 5, 70, 42, 56),
+        ];
+        for (case, &(height, width, channels, kernel, n, first_pixel, pixels)) in
+            cases.iter().enumerate()
+        {
+            let window = Window {
+                height,
+                width,
+                channels,
+                kernel,
+                stride: 1,
+                padding: kernel / 2,
+            };
+            let input = rng.vec(height * width * channels);
+            let k = window.patch_len();
+            let values = rng.vec(k * n);
+            let weights = F32Weights::from_row_major(&values, k, n, Layout::Panels);
+            let (bias, shortcut) = (rng.vec(n), rng.vec(pixels * n));
+            let finish = finish_of_case(case, &bias, &shortcut);
+            let mut lowered = vec![f32::NAN; pixels * k];
+            window.lower_rows(&input, first_pixel, &mut lowered);
+            let mut expected = vec![0.0; pixels * n];
+            weights.run(pixels, &lowered, k, &mut expected, &finish);
+            let mut scratch = vec![f32::NAN; window.padded_len(pixels)];
+            let rows = window.pad_rows(&input, first_pixel, pixels, &mut scratch);
+            let mut ours = vec![0.0; pixels * n];
+            weights.run_padded(first_pixel, pixels, &rows, &mut ours, &finish);
+            for (i, (x, y)) in ours.iter().zip(&expected).enumerate() {
+                // Chunks of whole taps end elsewhere than chunks of the lowered rows.
+                let tolerance = 1e-5 * (1.0 + k as f32) * (1.0 + y.abs());
+                assert!((x - y).abs() <= tolerance, "case {case} at {i}: {x} vs {y}");
             }
         }
     }

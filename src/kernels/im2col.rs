@@ -7,6 +7,30 @@
 use super::pool::larger;
 use super::quantize;
 
+/// Image rows of a stride-1 convolution's input, zero padding included, as
+/// [`Window::pad_rows`] leaves them: output pixel `(y, x)`'s lowered row is, tap by tap
+/// (`ky`, `kx`), the `channels` values of padded pixel `(y + ky, x + kx)`, so the rows of
+/// pixels side by side in an image row lie `channels` apart, tap by tap.
+#[derive(Debug)]
+pub struct PaddedRows<'a> {
+    pub data: &'a [f32],
+    /// The image row (of the output) whose first tap row is `data`'s first row.
+    pub first_y: usize,
+    /// Output (and input) pixels per image row.
+    pub width: usize,
+    pub kernel: usize,
+    pub channels: usize,
+}
+
+impl PaddedRows<'_> {
+    /// Where output pixel `pixel`'s tap `tap` starts in `data`.
+    pub fn tap_start(&self, pixel: usize, tap: usize) -> usize {
+        let (y, x) = (pixel / self.width - self.first_y, pixel % self.width);
+        let (ky, kx) = (tap / self.kernel, tap % self.kernel);
+        ((y + ky) * (self.width + self.kernel - 1) + x + kx) * self.channels
+    }
+}
+
 /// Geometry of a square convolution window over an NHWC image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -39,6 +63,63 @@ impl Window {
     /// Whether the input is already the lowered matrix (1x1, stride 1, no padding).
     pub fn is_identity(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Whether a product can read this window's rows in place from [`Self::pad_rows`]:
+    /// stride 1 and an output the size of the input (every tap at a fixed offset).
+    pub fn reads_padded(&self) -> bool {
+        self.kernel > 1 && self.stride == 1 && 2 * self.padding + 1 == self.kernel
+    }
+
+    /// Values [`Self::pad_rows`] writes at most for `pixels` output pixels from anywhere
+    /// in the image.
+    pub fn padded_len(&self, pixels: usize) -> usize {
+        let image_rows = pixels.div_ceil(self.out_width()) + 1;
+        (image_rows + self.kernel - 1) * (self.width + 2 * self.padding) * self.channels
+    }
+
+    /// The input rows that output pixels `first_pixel..first_pixel + pixels` read, with
+    /// their zero padding around them, written into `scratch` (at least
+    /// [`Self::padded_len`] long): a ninth of what lowering them writes (3 x 3), which a
+    /// kernel then reads in place ([`PaddedRows`]).
+    pub fn pad_rows<'a>(
+        &self,
+        input: &[f32],
+        first_pixel: usize,
+        pixels: usize,
+        scratch: &'a mut [f32],
+    ) -> PaddedRows<'a> {
+        assert!(
+            self.reads_padded(),
+            "stride 1, output the size of the input"
+        );
+        assert_eq!(input.len(), self.height * self.width * self.channels);
+        assert!(pixels > 0 && first_pixel + pixels <= self.rows());
+        let (c, pad) = (self.channels, self.padding);
+        let padded_width = self.width + 2 * pad;
+        let first_y = first_pixel / self.width;
+        let last_y = (first_pixel + pixels - 1) / self.width;
+        let len = (last_y - first_y + self.kernel) * padded_width * c;
+        let data = &mut scratch[..len];
+        // Padded row `first_y + i` holds input row `first_y + i - pad`.
+        for (i, row) in data.chunks_exact_mut(padded_width * c).enumerate() {
+            match (first_y + i).checked_sub(pad).filter(|&y| y < self.height) {
+                Some(y) => {
+                    row[..pad * c].fill(0.0);
+                    row[pad * c..][..self.width * c]
+                        .copy_from_slice(&input[y * self.width * c..][..self.width * c]);
+                    row[(pad + self.width) * c..].fill(0.0);
+                }
+                None => row.fill(0.0),
+            }
+        }
+        PaddedRows {
+            data,
+            first_y,
+            width: self.width,
+            kernel: self.kernel,
+            channels: c,
+        }
     }
 
     /// Writes rows `first_row..` of the lowered `rows x patch_len` matrix of `input` into

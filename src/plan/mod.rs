@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::kernels::aligned::AlignedVec;
-use crate::kernels::f32_weights::{self, F32Weights, Layout};
+use crate::kernels::f32_weights::{self, F32Weights, Layout, TILE_ROWS};
 use crate::kernels::im2col::Window;
 use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
 use rayon::prelude::*;
@@ -354,6 +354,27 @@ impl Conv2d {
                 let finish = finish_band(0, output.data().len());
                 run_by_columns(weights, bands, rows, a, patch, output.data_mut(), &finish);
             }
+            ConvWeights::F32(weights)
+                if window.reads_padded()
+                    && window.out_width().is_multiple_of(TILE_ROWS)
+                    && weights.runs_columns() =>
+            {
+                // Bands of whole tiles, each padding the input rows it reads.
+                let rows_per_band = rows_per_band.next_multiple_of(TILE_ROWS);
+                let per_band = window.padded_len(rows_per_band);
+                let padded = scratch
+                    .lowered
+                    .prefix(rows.div_ceil(rows_per_band) * per_band)
+                    .chunks_mut(per_band)
+                    .collect();
+                let band = |first_row: usize, out: &mut [f32], padded: &mut [f32]| {
+                    let pixels = out.len() / n;
+                    let rows = window.pad_rows(input.data(), first_row, pixels, padded);
+                    let finish = finish_band(first_row, out.len());
+                    weights.run_padded(first_row, pixels, &rows, out, &finish);
+                };
+                run_bands(output.data_mut(), rows_per_band, n, padded, band);
+            }
             ConvWeights::F32(weights) => {
                 let rows_per_lowering = lowering_rows(&window, weights.bytes(), rows_per_band);
                 let band = |first_row: usize, out: &mut [f32], lowered: &mut [f32]| {
@@ -514,7 +535,7 @@ fn run_bands<S: Send>(
 /// sharing rows, each thread reads all the weights. On ResNet-50's 7 x 7 layers (49 rows,
 /// 2 threads) the 3 x 3 ones took 28 % less time with cold weights, the others 5-15 %;
 /// its 14 x 14 layers (98 rows a thread) measured alike either way.
-const SPLIT_COLUMNS_BELOW: usize = 4 * f32_weights::TILE_ROWS;
+const SPLIT_COLUMNS_BELOW: usize = 4 * TILE_ROWS;
 
 /// `c = finish(a * weights)` (`rows` rows of `a`, `lda` apart), the columns split in up to
 /// `parts` shares run in parallel ([`F32Weights::run_columns`]).
@@ -762,6 +783,26 @@ mod tests {
                 Threads(threads),
                 threads,
             );
+        }
+    }
+
+    /// Stride-1 windows over maps whose width is whole row tiles, which the x86 kernel
+    /// reads in place from padded rows: bands on 3 threads start inside image rows.
+    #[test]
+    fn convolutions_read_in_place_match_candle() {
+        let mut rng = Lcg(9);
+        for (case, (kernel, (h, w))) in [(3, (7, 28)), (5, (3, 14)), (3, (1, 14))]
+            .into_iter()
+            .enumerate()
+        {
+            let config = candle_nn::Conv2dConfig {
+                padding: kernel / 2,
+                ..Default::default()
+            };
+            for threads in 1..=3 {
+                let shape = (20, 40, kernel);
+                check_against_candle(&mut rng, shape, (h, w), config, Threads(threads), case);
+            }
         }
     }
 
