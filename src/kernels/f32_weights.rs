@@ -153,10 +153,10 @@ impl F32Weights {
     }
 
     /// [`Self::run`] on the lowered rows of output pixels `first_pixel..first_pixel + m`
-    /// of a stride-1 convolution, read in place from its padded input `rows` rather than
-    /// lowered (3 x 3: nine copies of every input value) first: ResNet-50's 3 x 3 layers
-    /// of 56, 28 and 14 pixels square. The 14-row tiles must not cross image rows:
-    /// `first_pixel`, `m` and the image width are whole multiples of [`TILE_ROWS`].
+    /// of a convolution, read in place from its padded input `rows` rather than lowered
+    /// first (3 x 3, stride 1: nine copies of every input value): ResNet-50's stem and its
+    /// 3 x 3 layers of 56, 28 and 14 pixels square. The 14-row tiles must not cross image
+    /// rows: `first_pixel`, `m` and the image width are whole multiples of [`TILE_ROWS`].
     pub fn run_padded(
         &self,
         first_pixel: usize,
@@ -169,37 +169,32 @@ impl F32Weights {
             self.runs_columns(),
             "padded rows run in panels on AVX-512 only"
         );
-        assert_eq!(
-            self.k,
-            rows.kernel * rows.kernel * rows.channels,
-            "k is a patch"
-        );
+        assert_eq!(self.k, rows.kernel * rows.kernel_row_len(), "k is a patch");
         assert!(
-            [first_pixel, m, rows.width]
+            [first_pixel, m, rows.out_width]
                 .iter()
                 .all(|v| v % TILE_ROWS == 0),
             "whole tiles inside image rows"
         );
-        assert!(
-            first_pixel / rows.width.max(1) >= rows.first_y,
-            "rows start above"
-        );
+        let first_y = first_pixel / rows.out_width.max(1);
+        assert!(first_y * rows.stride >= rows.first_row, "rows start above");
         assert_eq!(c.len(), m * self.n, "c is m x n");
         finish.check(c, self.n);
         if m == 0 {
             return;
         }
-        let last_tap = rows.tap_start(first_pixel + m - 1, rows.kernel * rows.kernel - 1);
+        let last = rows.kernel_row_start(first_pixel + m - 1, rows.kernel - 1);
         assert!(
-            last_tap + rows.channels <= rows.data.len(),
+            last + rows.kernel_row_len() <= rows.data.len(),
             "rows end below"
         );
         #[cfg(target_arch = "x86_64")]
         {
             let panels = 0..self.n.div_ceil(PANEL);
             let left = x86::Left::Padded { rows, first_pixel };
-            // SAFETY: AVX-512F is present; the asserts above bound every tap of every
-            // pixel and `c`, which this call borrows whole.
+            // SAFETY: AVX-512F is present; the asserts above bound every kernel row of
+            // every pixel (the last one lies furthest) and `c`, which this call borrows
+            // whole.
             unsafe { x86::run(self, m, left, c.as_mut_ptr(), finish, panels) };
         }
     }
@@ -282,8 +277,8 @@ mod x86 {
     pub enum Left<'a> {
         /// `m x k`, rows `lda` apart.
         Matrix { a: &'a [f32], lda: usize },
-        /// Output pixels from `first_pixel` on, read in place tap by tap (whole tiles in
-        /// image rows, see [`F32Weights::run_padded`]).
+        /// Output pixels from `first_pixel` on, read in place kernel row by kernel row
+        /// (whole tiles in image rows, see [`F32Weights::run_padded`]).
         Padded {
             rows: &'a PaddedRows<'a>,
             first_pixel: usize,
@@ -312,8 +307,8 @@ mod x86 {
     // The assembly reads a segment's fields at 0, 8 and 16 bytes.
     const _: () = assert!(size_of::<Segment>() == 24);
 
-    /// Taps a chunk of a padded product holds at most (the segments of one tile).
-    const MAX_TAPS: usize = 16;
+    /// Kernel rows a chunk of a padded product holds at most (the segments of a tile).
+    const MAX_SEGMENTS: usize = 16;
 
     /// # Safety
     /// AVX-512F is present; `left` holds `m` rows of `k` values (its bounds checked),
@@ -333,12 +328,11 @@ mod x86 {
         let mut chunks = k.div_ceil(K_CHUNK).max(1);
         let (chunk_len, lda) = match left {
             Left::Matrix { lda, .. } => (k.div_ceil(chunks).next_multiple_of(4), lda),
-            // Chunks of whole taps, one segment each.
+            // Chunks of whole kernel rows, one segment each.
             Left::Padded { rows, .. } => {
-                let taps = rows.kernel * rows.kernel;
-                let per_chunk = taps.div_ceil(chunks).min(MAX_TAPS);
-                chunks = taps.div_ceil(per_chunk);
-                (per_chunk * rows.channels, rows.channels)
+                let per_chunk = rows.kernel.div_ceil(chunks).min(MAX_SEGMENTS);
+                chunks = rows.kernel.div_ceil(per_chunk);
+                (per_chunk * rows.kernel_row_len(), rows.pixel_step())
             }
         };
         let row_tiles = m.div_ceil(ROWS);
@@ -362,7 +356,7 @@ mod x86 {
                 for row_tile in 0..row_tiles {
                     let row = row_tile * ROWS;
                     let rows = (m - row).min(ROWS);
-                    let mut segments = [Segment::new(std::ptr::null(), 0); MAX_TAPS];
+                    let mut segments = [Segment::new(std::ptr::null(), 0); MAX_SEGMENTS];
                     let segments = match left {
                         Left::Matrix { a, lda } => {
                             let a = &a[row * lda + first_k..][..(rows - 1) * lda + len];
@@ -370,13 +364,13 @@ mod x86 {
                             &segments[..1]
                         }
                         Left::Padded { rows, first_pixel } => {
-                            let (taps, channels) = (len / rows.channels, rows.channels);
-                            let first_tap = first_k / channels;
-                            for (tap, segment) in segments[..taps].iter_mut().enumerate() {
-                                let at = rows.tap_start(first_pixel + row, first_tap + tap);
-                                *segment = Segment::new(rows.data.as_ptr().add(at), channels);
+                            let row_len = rows.kernel_row_len();
+                            let (count, first_ky) = (len / row_len, first_k / row_len);
+                            for (i, segment) in segments[..count].iter_mut().enumerate() {
+                                let at = rows.kernel_row_start(first_pixel + row, first_ky + i);
+                                *segment = Segment::new(rows.data.as_ptr().add(at), row_len);
                             }
-                            &segments[..taps]
+                            &segments[..count]
                         }
                     };
                     for panel in panels.clone() {
@@ -743,9 +737,9 @@ mod tests {
         }
     }
 
-    /// Stride-1 convolutions read in place from their padded rows against the same rows
-    /// lowered: 3 x 3 and 5 x 5 windows, channels not a multiple of 4, products of one and
-    /// of several k chunks, bands that start and end inside image rows.
+    /// Convolutions read in place from their padded rows against the same rows lowered:
+    /// 3 x 3, 5 x 5 and 7 x 7 windows, strides 1 and 2, channels not a multiple of 4,
+    /// products of one and of several k chunks, bands that start and end inside image rows.
     #[test]
     fn padded_rows_run_like_their_lowered_rows() {
         let weights = F32Weights::zeros(1, 1, Layout::best());
@@ -754,14 +748,16 @@ mod tests {
         }
         let mut rng = Lcg(31);
         let cases = [
-            // (height, width, channels, kernel, n, first_pixel, pixels)
-            (4, 14, 3, 3, 40, 0, 56),
-            (5, 28, 16, 3, 64, 14, 98),
-            (3, 14, 130, 3, 33, 0, 42),
-            (6, 14, 512, 3, 32, 28, 42),
-            (5, 28, 9, 5, 70, 42, 56),
+            // (height, width, channels, kernel, stride, n, first_pixel, pixels)
+            (4, 14, 3, 3, 1, 40, 0, 56),
+            (5, 28, 16, 3, 1, 64, 14, 98),
+            (3, 14, 130, 3, 1, 33, 0, 42),
+            (6, 14, 512, 3, 1, 32, 28, 42),
+            (5, 28, 9, 5, 1, 70, 42, 56),
+            (9, 28, 3, 7, 2, 64, 14, 56),
+            (8, 56, 5, 3, 2, 20, 0, 112),
         ];
-        for (case, &(height, width, channels, kernel, n, first_pixel, pixels)) in
+        for (case, &(height, width, channels, kernel, stride, n, first_pixel, pixels)) in
             cases.iter().enumerate()
         {
             let window = Window {
@@ -769,7 +765,7 @@ mod tests {
                 width,
                 channels,
                 kernel,
-                stride: 1,
+                stride,
                 padding: kernel / 2,
             };
             let input = rng.vec(height * width * channels);

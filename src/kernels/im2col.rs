@@ -7,27 +7,38 @@
 use super::pool::larger;
 use super::quantize;
 
-/// Image rows of a stride-1 convolution's input, zero padding included, as
-/// [`Window::pad_rows`] leaves them: output pixel `(y, x)`'s lowered row is, tap by tap
-/// (`ky`, `kx`), the `channels` values of padded pixel `(y + ky, x + kx)`, so the rows of
-/// pixels side by side in an image row lie `channels` apart, tap by tap.
+/// Image rows of a convolution's input, zero padding included, as [`Window::pad_rows`]
+/// leaves them: output pixel `(y, x)`'s lowered row is, kernel row by kernel row (`ky`),
+/// the `kernel x channels` values from padded pixel `(stride * y + ky, stride * x)` on, so
+/// the rows of pixels side by side in an image row lie `stride x channels` values apart.
 #[derive(Debug)]
 pub struct PaddedRows<'a> {
-    pub data: &'a [f32],
-    /// The image row (of the output) whose first tap row is `data`'s first row.
-    pub first_y: usize,
-    /// Output (and input) pixels per image row.
-    pub width: usize,
-    pub kernel: usize,
-    pub channels: usize,
+    pub(crate) data: &'a [f32],
+    /// The padded image row that is `data`'s first.
+    pub(crate) first_row: usize,
+    pub(crate) out_width: usize,
+    pub(crate) padded_width: usize,
+    pub(crate) kernel: usize,
+    pub(crate) stride: usize,
+    pub(crate) channels: usize,
 }
 
 impl PaddedRows<'_> {
-    /// Where output pixel `pixel`'s tap `tap` starts in `data`.
-    pub fn tap_start(&self, pixel: usize, tap: usize) -> usize {
-        let (y, x) = (pixel / self.width - self.first_y, pixel % self.width);
-        let (ky, kx) = (tap / self.kernel, tap % self.kernel);
-        ((y + ky) * (self.width + self.kernel - 1) + x + kx) * self.channels
+    /// Values from one output pixel's row to the next one's in the same image row.
+    pub fn pixel_step(&self) -> usize {
+        self.stride * self.channels
+    }
+
+    /// Values in one kernel row of a lowered row.
+    pub fn kernel_row_len(&self) -> usize {
+        self.kernel * self.channels
+    }
+
+    /// Where output pixel `pixel`'s kernel row `ky` starts in `data`.
+    pub fn kernel_row_start(&self, pixel: usize, ky: usize) -> usize {
+        let (y, x) = (pixel / self.out_width, pixel % self.out_width);
+        let row = y * self.stride + ky - self.first_row;
+        (row * self.padded_width + x * self.stride) * self.channels
     }
 }
 
@@ -65,23 +76,25 @@ impl Window {
         self.kernel == 1 && self.stride == 1 && self.padding == 0
     }
 
-    /// Whether a product can read this window's rows in place from [`Self::pad_rows`]:
-    /// stride 1 and an output the size of the input (every tap at a fixed offset).
+    /// Whether a product can read this window's rows in place from [`Self::pad_rows`]: a
+    /// window of several pixels centred on its input pixel (padding on every side), so
+    /// that its kernel rows lie at fixed offsets in the padded input.
     pub fn reads_padded(&self) -> bool {
-        self.kernel > 1 && self.stride == 1 && 2 * self.padding + 1 == self.kernel
+        self.kernel > 1 && 2 * self.padding + 1 == self.kernel
     }
 
     /// Values [`Self::pad_rows`] writes at most for `pixels` output pixels from anywhere
     /// in the image.
     pub fn padded_len(&self, pixels: usize) -> usize {
-        let image_rows = pixels.div_ceil(self.out_width()) + 1;
-        (image_rows + self.kernel - 1) * (self.width + 2 * self.padding) * self.channels
+        let out_rows = pixels.div_ceil(self.out_width()) + 1;
+        let padded_rows = (out_rows - 1) * self.stride + self.kernel;
+        padded_rows * (self.width + 2 * self.padding) * self.channels
     }
 
     /// The input rows that output pixels `first_pixel..first_pixel + pixels` read, with
     /// their zero padding around them, written into `scratch` (at least
-    /// [`Self::padded_len`] long): a ninth of what lowering them writes (3 x 3), which a
-    /// kernel then reads in place ([`PaddedRows`]).
+    /// [`Self::padded_len`] long), which a kernel then reads in place ([`PaddedRows`]):
+    /// a ninth of what lowering them writes (3 x 3, stride 1), a twelfth (7 x 7, stride 2).
     pub fn pad_rows<'a>(
         &self,
         input: &[f32],
@@ -89,21 +102,22 @@ impl Window {
         pixels: usize,
         scratch: &'a mut [f32],
     ) -> PaddedRows<'a> {
-        assert!(
-            self.reads_padded(),
-            "stride 1, output the size of the input"
-        );
+        assert!(self.reads_padded(), "a window centred on its pixel");
         assert_eq!(input.len(), self.height * self.width * self.channels);
         assert!(pixels > 0 && first_pixel + pixels <= self.rows());
-        let (c, pad) = (self.channels, self.padding);
+        let (c, pad, out_width) = (self.channels, self.padding, self.out_width());
         let padded_width = self.width + 2 * pad;
-        let first_y = first_pixel / self.width;
-        let last_y = (first_pixel + pixels - 1) / self.width;
-        let len = (last_y - first_y + self.kernel) * padded_width * c;
-        let data = &mut scratch[..len];
-        // Padded row `first_y + i` holds input row `first_y + i - pad`.
+        let first_y = first_pixel / out_width;
+        let last_y = (first_pixel + pixels - 1) / out_width;
+        let first_row = first_y * self.stride;
+        let rows = (last_y - first_y) * self.stride + self.kernel;
+        let data = &mut scratch[..rows * padded_width * c];
+        // Padded row `first_row + i` holds input row `first_row + i - pad`.
         for (i, row) in data.chunks_exact_mut(padded_width * c).enumerate() {
-            match (first_y + i).checked_sub(pad).filter(|&y| y < self.height) {
+            match (first_row + i)
+                .checked_sub(pad)
+                .filter(|&y| y < self.height)
+            {
                 Some(y) => {
                     row[..pad * c].fill(0.0);
                     row[pad * c..][..self.width * c]
@@ -115,9 +129,11 @@ impl Window {
         }
         PaddedRows {
             data,
-            first_y,
-            width: self.width,
+            first_row,
+            out_width,
+            padded_width,
             kernel: self.kernel,
+            stride: self.stride,
             channels: c,
         }
     }

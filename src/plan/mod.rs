@@ -786,17 +786,22 @@ mod tests {
         }
     }
 
-    /// Stride-1 windows over maps whose width is whole row tiles, which the x86 kernel
-    /// reads in place from padded rows: bands on 3 threads start inside image rows.
+    /// Centred windows whose output width is whole row tiles, which the x86 kernel reads
+    /// in place from padded rows (3 x 3 and 5 x 5 at stride 1, ResNet's 7 x 7 stem at
+    /// stride 2): bands on 3 threads start inside image rows.
     #[test]
     fn convolutions_read_in_place_match_candle() {
         let mut rng = Lcg(9);
-        for (case, (kernel, (h, w))) in [(3, (7, 28)), (5, (3, 14)), (3, (1, 14))]
-            .into_iter()
-            .enumerate()
-        {
+        let cases = [
+            (3, 1, (7, 28)),
+            (5, 1, (3, 14)),
+            (3, 1, (1, 14)),
+            (7, 2, (13, 28)),
+        ];
+        for (case, (kernel, stride, (h, w))) in cases.into_iter().enumerate() {
             let config = candle_nn::Conv2dConfig {
                 padding: kernel / 2,
+                stride,
                 ..Default::default()
             };
             for threads in 1..=3 {
