@@ -1,9 +1,7 @@
 //! Pooling over NHWC activations.
 
-use rayon::prelude::*;
-
 use super::im2col::Window;
-use super::Threads;
+use super::{for_each_band, Threads};
 
 /// Max pooling; padded positions are ignored (as if they held -inf). With several
 /// threads, each takes a band of output rows.
@@ -17,15 +15,8 @@ pub fn max_pool(window: &Window, input: &[f32], out: &mut [f32], threads: Thread
     let band = |(i, band): (usize, &mut [f32])| {
         max_pool_rows(window, input, i * rows_per_band, band);
     };
-    if threads.get() == 1 || out.is_empty() {
-        out.chunks_mut(rows_per_band * row_len.max(1))
-            .enumerate()
-            .for_each(band);
-    } else {
-        out.par_chunks_mut(rows_per_band * row_len.max(1))
-            .enumerate()
-            .for_each(band);
-    }
+    let bands = out.chunks_mut(rows_per_band * row_len.max(1)).enumerate();
+    for_each_band(bands.collect(), &band);
 }
 
 /// Output rows `first_row..` of a max pooling, as many as `out` holds.

@@ -13,9 +13,8 @@ use crate::kernels::aligned::AlignedVec;
 use crate::kernels::f32_weights::{self, F32Weights, Layout, TILE_ROWS};
 use crate::kernels::im2col::Window;
 use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
-use rayon::prelude::*;
 
-use crate::kernels::{quantize, Finish, Start, Threads};
+use crate::kernels::{for_each_band, quantize, Finish, Start, Threads};
 use crate::models::resnet::ChannelFold;
 use crate::weights::int8::{quantize_channels, ChannelAxis, Int8Kernel};
 
@@ -417,10 +416,13 @@ impl Conv2d {
                         quantize::maxima(input.data(), channels, pixel_max);
                     } else {
                         let per_band = pixel_max.len().div_ceil(bands);
-                        pixel_max
-                            .par_chunks_mut(per_band)
-                            .zip(input.data().par_chunks(per_band * channels))
-                            .for_each(|(out, pixels)| quantize::maxima(pixels, channels, out));
+                        let work = pixel_max
+                            .chunks_mut(per_band)
+                            .zip(input.data().chunks(per_band * channels))
+                            .collect();
+                        for_each_band(work, &|(out, pixels)| {
+                            quantize::maxima(pixels, channels, out)
+                        });
                     }
                     &*pixel_max
                 });
@@ -523,11 +525,7 @@ fn run_bands<S: Send>(
         .enumerate()
         .collect();
     let run = |(i, (out, scratch)): (usize, (&mut [f32], S))| band(i * rows_per_band, out, scratch);
-    if work.len() == 1 {
-        work.into_iter().for_each(run);
-    } else {
-        work.into_par_iter().for_each(run);
-    }
+    for_each_band(work, &run);
 }
 
 /// Below this many output pixels per thread (4 of the x86 kernel's row tiles), threads
@@ -550,13 +548,10 @@ fn run_by_columns(
 ) {
     assert_eq!(c.len(), rows * weights.n(), "c is rows x n");
     let out = SharedOutput(c.as_mut_ptr());
-    weights
-        .column_parts(parts)
-        .into_par_iter()
-        .for_each(|columns| {
-            // SAFETY: the parts are disjoint columns of `c`, borrowed mutably for the loop.
-            unsafe { weights.run_columns(rows, a, lda, out.get(), finish, columns) }
-        });
+    for_each_band(weights.column_parts(parts), &|columns| {
+        // SAFETY: the parts are disjoint columns of `c`, borrowed mutably for the loop.
+        unsafe { weights.run_columns(rows, a, lda, out.get(), finish, columns) }
+    });
 }
 
 /// The output of a product that threads share by columns, each writing its own.
