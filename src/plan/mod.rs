@@ -307,8 +307,8 @@ impl Conv2d {
     /// `output = epilogue(conv(input) + bias)`.
     ///
     /// With several threads, each one takes a band of output pixels and runs the whole
-    /// pipeline on it (lowering, product, epilogue): no thread waits for another, and
-    /// each band's lowered rows are still in cache when its product reads them.
+    /// pipeline on it (lowering or padding, product, epilogue): no thread waits for
+    /// another, and each band's rows are still in cache when its product reads them.
     pub fn forward(
         &self,
         input: &FeatureMap,
@@ -482,7 +482,8 @@ fn lowered_bands<'a>(
 
 /// Lowered rows written at a time, at most, before the product reads them: 256 KB stay in
 /// L2 in between. ResNet-50's stem lowers 7.4 MB and its 56 x 56 3 x 3 layers 7.2 MB on
-/// one thread: written whole, they went out to L3 and came back.
+/// one thread: written whole, they went out to L3 and came back. (On AVX-512 these layers
+/// now read their padded input in place; slices serve the CPUs without that kernel.)
 const LOWERING_BYTES: usize = 256 * 1024;
 
 /// Weights small enough to be read again for every [`LOWERING_BYTES`] of rows. The f32
