@@ -783,7 +783,7 @@ mod tests {
             let mut ours = vec![0.0; pixels * n];
             weights.run_padded(first_pixel, pixels, &rows, &mut ours, &finish);
             for (i, (x, y)) in ours.iter().zip(&expected).enumerate() {
-                // Chunks of whole taps end elsewhere than chunks of the lowered rows.
+                // Chunks of whole kernel rows end elsewhere than those of lowered rows.
                 let tolerance = 1e-5 * (1.0 + k as f32) * (1.0 + y.abs());
                 assert!((x - y).abs() <= tolerance, "case {case} at {i}: {x} vs {y}");
             }

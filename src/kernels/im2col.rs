@@ -2,7 +2,9 @@
 //! becomes one row holding its receptive field, ordered (kernel row, kernel column,
 //! channel) to match the packed weights of [`crate::plan::Conv2d`]. Padding lanes are
 //! written as zeros (garbage there could decode to denormals and slow the product down).
-//! int8 convolutions lower and quantize in one pass ([`Window::lower_quantized`]).
+//! int8 convolutions lower and quantize in one pass ([`Window::lower_quantized`]). The f32
+//! kernel on AVX-512 reads centred windows in place instead, from the input rows copied
+//! with their zero padding ([`Window::pad_rows`], [`PaddedRows`]).
 
 use super::pool::larger;
 use super::quantize;

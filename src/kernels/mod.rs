@@ -1,4 +1,5 @@
-//! CPU kernels of the inference plan ([`crate::plan`]): matrix products, im2col, pooling.
+//! CPU kernels of the inference plan ([`crate::plan`]): matrix products, im2col, pooling,
+//! and how a layer's bands share the pool's threads (`for_each_band`).
 //!
 //! Every operation has a portable reference next to the fast path that is actually
 //! called, and the tests compare the two on random and odd shapes. On x86 without
