@@ -225,20 +225,36 @@ impl Window {
     /// The largest of `pixel_max(pixel)` over one output pixel's receptive field (0 when it
     /// lies in the padding only): the largest value of its lowered row.
     fn field_max(&self, pixel_max: impl Fn(usize) -> f32, out_y: usize, out_x: usize) -> f32 {
-        let mut largest = 0f32;
-        for ky in 0..self.kernel {
-            let y = (out_y * self.stride + ky) as isize - self.padding as isize;
-            if y < 0 || y >= self.height as isize {
-                continue;
-            }
-            for kx in 0..self.kernel {
-                let x = (out_x * self.stride + kx) as isize - self.padding as isize;
-                if x >= 0 && x < self.width as isize {
-                    largest = larger(largest, pixel_max(y as usize * self.width + x as usize));
-                }
-            }
-        }
-        largest
+        self.taps_in_image(out_y, out_x)
+            .fold(0f32, |largest, (_, pixel)| {
+                larger(largest, pixel_max(pixel))
+            })
+    }
+
+    /// The taps (`ky * kernel + kx`) of output pixel `(out_y, out_x)`'s window that lie
+    /// inside the image, each with the input pixel (`y * width + x`) it reads.
+    pub fn taps_in_image(
+        &self,
+        out_y: usize,
+        out_x: usize,
+    ) -> impl Iterator<Item = (usize, usize)> + '_ {
+        // The window's taps from `start` (padding included) that land in `0..len`.
+        let inside = |start: usize, len: usize| {
+            let first = self.padding.saturating_sub(start);
+            first..self.kernel.min((len + self.padding).saturating_sub(start))
+        };
+        // Where the window starts, counting the padding as image.
+        let (y0, x0) = (out_y * self.stride, out_x * self.stride);
+        let (rows, cols) = (inside(y0, self.height), inside(x0, self.width));
+        rows.flat_map(move |ky| {
+            let y = y0 + ky - self.padding;
+            cols.clone().map(move |kx| {
+                (
+                    ky * self.kernel + kx,
+                    y * self.width + x0 + kx - self.padding,
+                )
+            })
+        })
     }
 
     /// Rows `first_row..` of the lowered matrix of non-negative activations, quantized to
@@ -297,21 +313,10 @@ impl Window {
         let (c, out_width) = (self.channels, self.out_width());
         for (pixel, row) in lowered.chunks_exact(self.patch_len()).enumerate() {
             let (out_y, out_x) = (pixel / out_width, pixel % out_width);
-            for ky in 0..self.kernel {
-                let y = (out_y * self.stride + ky) as isize - self.padding as isize;
-                if y < 0 || y >= self.height as isize {
-                    continue;
-                }
-                for kx in 0..self.kernel {
-                    let x = (out_x * self.stride + kx) as isize - self.padding as isize;
-                    if x < 0 || x >= self.width as isize {
-                        continue;
-                    }
-                    let start = (y as usize * self.width + x as usize) * c;
-                    let lane = &row[(ky * self.kernel + kx) * c..][..c];
-                    for (to, from) in image[start..start + c].iter_mut().zip(lane) {
-                        *to += from;
-                    }
+            for (tap, input_pixel) in self.taps_in_image(out_y, out_x) {
+                let lane = &row[tap * c..][..c];
+                for (to, from) in image[input_pixel * c..][..c].iter_mut().zip(lane) {
+                    *to += from;
                 }
             }
         }

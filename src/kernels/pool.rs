@@ -26,20 +26,10 @@ fn max_pool_rows(window: &Window, input: &[f32], first_row: usize, out: &mut [f3
     out.fill(f32::NEG_INFINITY);
     for (i, dst) in out.chunks_exact_mut(c).enumerate() {
         let (oy, ox) = (first_row + i / out_w, i % out_w);
-        for ky in 0..window.kernel {
-            let y = (oy * window.stride + ky) as isize - window.padding as isize;
-            if y < 0 || y >= window.height as isize {
-                continue;
-            }
-            for kx in 0..window.kernel {
-                let x = (ox * window.stride + kx) as isize - window.padding as isize;
-                if x < 0 || x >= window.width as isize {
-                    continue;
-                }
-                let src = &input[(y as usize * window.width + x as usize) * c..][..c];
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = larger(*d, s);
-                }
+        for (_, pixel) in window.taps_in_image(oy, ox) {
+            let src = &input[pixel * c..][..c];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = larger(*d, s);
             }
         }
     }
