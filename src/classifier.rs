@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 
 use crate::kernels::Threads;
 use crate::labels::Labels;
 use crate::manifest::{Architecture, Backbone, ModelSpec, WeightsFile};
 use crate::models::resnet::{self, ResNet};
 use crate::models::small_cnn::SmallCnn;
-use crate::plan::{self, resnet::ResNetPlan, Precision};
+use crate::plan::{self, resnet::ResNetPlan, small_cnn::SmallCnnPlan, Precision};
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
 use crate::quantize;
@@ -24,7 +24,7 @@ use crate::weights::CheckedWeights;
 #[derive(Debug)]
 enum Network {
     ResNet(Arc<ResNetPlan>),
-    SmallCnn(SmallCnn),
+    SmallCnn(Box<SmallCnnPlan>),
     /// A logistic head on a shared backbone's pooled features.
     Head {
         backbone: Arc<ResNetPlan>,
@@ -157,14 +157,14 @@ impl Classifier {
                 }
                 Architecture::SmallCnn => {
                     check_binary(&labels)?;
-                    // At int8 the CNN runs its candle layers on the dequantized weights.
-                    let weights = match precision {
-                        Precision::F32 => f32_weights(&spec.weights, &spec.sha256, &spec.int8)?,
-                        Precision::Int8 => quantize::small_cnn_int8(spec)?,
-                    };
-                    Network::SmallCnn(
-                        weights.build(|vb| SmallCnn::with_input(spec.input.size as usize, vb))?,
-                    )
+                    Network::SmallCnn(Box::new(match precision {
+                        Precision::F32 => {
+                            let network = f32_weights(&spec.weights, &spec.sha256, &spec.int8)?
+                                .build(|vb| SmallCnn::with_input(spec.input.size as usize, vb))?;
+                            SmallCnnPlan::new(&network)?
+                        }
+                        Precision::Int8 => quantize::small_cnn_int8_plan(spec)?,
+                    }))
                 }
                 Architecture::Resnet50Head => {
                     check_binary(&labels)?;
@@ -232,7 +232,7 @@ impl Classifier {
         match &self.network {
             Network::ResNet(net) => net.release_memory(),
             Network::Head { backbone, .. } => backbone.release_memory(),
-            Network::SmallCnn(_) => {}
+            Network::SmallCnn(net) => net.release_memory(),
         }
     }
 
@@ -251,9 +251,6 @@ impl Classifier {
                 self.spec.name
             ),
         }
-        if let Network::SmallCnn(network) = &self.network {
-            return binary_logits(&network.forward(batch)?);
-        }
         let threads = self.threads();
         let (_, height, width, images) = plan::images_chw(batch)?;
         let mut logits = Vec::with_capacity(images.len());
@@ -270,7 +267,7 @@ impl Classifier {
                     let logit: f32 = features.iter().zip(kernel).map(|(f, k)| f * k).sum();
                     vec![0.0, logit + bias]
                 }
-                Network::SmallCnn(_) => unreachable!("handled above"),
+                Network::SmallCnn(net) => vec![0.0, net.forward(image, height, width, threads)],
             };
             outputs = row.len();
             logits.extend(row);
@@ -311,15 +308,6 @@ impl Classifier {
         let rows = self.probability_rows(std::slice::from_ref(input))?;
         Ok(top_k(&rows[0], &self.labels, top))
     }
-}
-
-/// A binary model's one logit `z` per image as the two-class logits `[0, z]`, whose
-/// softmax is `[1 - sigmoid(z), sigmoid(z)]`.
-fn binary_logits(logit: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::cat(&[&logit.zeros_like()?, logit], 0)?
-        .reshape((2, logit.elem_count()))?
-        .t()?
-        .contiguous()?)
 }
 
 fn check_binary(labels: &Labels) -> Result<()> {

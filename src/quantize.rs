@@ -10,7 +10,9 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::manifest::{Architecture, Backbone, ModelSpec, WeightsFile};
 use crate::models::resnet::{self, ResNet};
+use crate::models::small_cnn::SmallCnn;
 use crate::plan::resnet::ResNetPlan;
+use crate::plan::small_cnn::SmallCnnPlan;
 use crate::weights::int8::{ChannelAxis, Int8Weights};
 use crate::weights::CheckedWeights;
 
@@ -52,21 +54,19 @@ pub fn resnet_int8_plan(resnet: &Backbone, classes: usize) -> Result<ResNetPlan>
         .with_context(|| format!("cannot plan the int8 weights {}", path.display()))
 }
 
-/// The small CNN's int8 weights (dequantized for its candle layers), from its int8 file
-/// or quantized from f32 now.
-pub fn small_cnn_int8(spec: &ModelSpec) -> Result<CheckedWeights> {
-    match &spec.int8 {
-        Some(file) => dequantized(&load_checked(file, "small-cnn", &spec.sha256)?, &file.path),
-        None => dequantized(
-            &quantize_small_cnn(&spec.weights, &spec.sha256)?,
+/// The small CNN's int8 plan, from its int8 file or quantized from f32 now.
+pub fn small_cnn_int8_plan(spec: &ModelSpec) -> Result<SmallCnnPlan> {
+    let (weights, path) = match &spec.int8 {
+        Some(file) => (load_checked(file, "small-cnn", &spec.sha256)?, &file.path),
+        None => (
+            quantize_small_cnn(&spec.weights, &spec.sha256)?,
             &spec.weights,
         ),
-    }
-}
-
-/// Int8 weights back in f32, for a model's constructor, reported as coming from `path`.
-fn dequantized(weights: &Int8Weights, path: &Path) -> Result<CheckedWeights> {
-    Ok(CheckedWeights::from_tensors(path, weights.dequantized()?))
+    };
+    let structure = CheckedWeights::from_tensors(path, weights.with_conv_placeholders()?)
+        .build(|vb| SmallCnn::with_input(spec.input.size as usize, vb))?;
+    SmallCnnPlan::from_int8(&structure, &weights)
+        .with_context(|| format!("cannot plan the int8 weights {}", path.display()))
 }
 
 /// BatchNorm folded first, so the quantized kernels are the ones the plan multiplies by.

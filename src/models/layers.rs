@@ -39,6 +39,15 @@ impl ConvReluPool {
     pub fn output_side(input: usize) -> usize {
         input.saturating_sub(2) / 2
     }
+
+    /// `[3, 3, in, out]`.
+    pub fn kernel(&self) -> &Tensor {
+        &self.kernel
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
 }
 
 impl Module for ConvReluPool {
@@ -62,6 +71,15 @@ impl Dense {
     pub fn new(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
         let (kernel, bias) = glorot_layer(&vb, (inputs, outputs), inputs + outputs)?;
         Ok(Self { kernel, bias })
+    }
+
+    /// `[in, out]`.
+    pub fn kernel(&self) -> &Tensor {
+        &self.kernel
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 }
 

@@ -13,9 +13,14 @@ use super::layers::{self, ConvReluPool, Dense};
 /// Input side the network is built for (its dense layer fixes it).
 pub const INPUT_SIZE: usize = 150;
 const DROPOUT: f32 = 0.5;
+/// The weights' names of the convolution blocks and the dense layers, in order (each
+/// holds a `kernel` and a `bias`).
+pub const CONV_BLOCKS: [&str; 3] = ["conv1", "conv2", "conv3"];
+pub const DENSE_LAYERS: [&str; 2] = ["dense1", "dense2"];
 
 #[derive(Debug, Clone)]
 pub struct SmallCnn {
+    input_side: usize,
     conv1: ConvReluPool,
     conv2: ConvReluPool,
     conv3: ConvReluPool,
@@ -35,12 +40,29 @@ impl SmallCnn {
             candle_core::bail!("the small CNN needs inputs of at least 22x22, got {size}");
         }
         Ok(Self {
-            conv1: ConvReluPool::new(3, 32, vb.pp("conv1"))?,
-            conv2: ConvReluPool::new(32, 32, vb.pp("conv2"))?,
-            conv3: ConvReluPool::new(32, 64, vb.pp("conv3"))?,
-            dense1: Dense::new(side * side * 64, 64, vb.pp("dense1"))?,
-            dense2: Dense::new(64, 1, vb.pp("dense2"))?,
+            input_side: size,
+            conv1: ConvReluPool::new(3, 32, vb.pp(CONV_BLOCKS[0]))?,
+            conv2: ConvReluPool::new(32, 32, vb.pp(CONV_BLOCKS[1]))?,
+            conv3: ConvReluPool::new(32, 64, vb.pp(CONV_BLOCKS[2]))?,
+            dense1: Dense::new(side * side * 64, 64, vb.pp(DENSE_LAYERS[0]))?,
+            dense2: Dense::new(64, 1, vb.pp(DENSE_LAYERS[1]))?,
         })
+    }
+
+    /// The side of the square images it takes.
+    pub fn input_side(&self) -> usize {
+        self.input_side
+    }
+
+    /// The three convolution blocks, in order.
+    pub fn conv_blocks(&self) -> [&ConvReluPool; 3] {
+        [&self.conv1, &self.conv2, &self.conv3]
+    }
+
+    /// The hidden dense layer (its inputs: the last block's map flattened, `[h, w, c]`)
+    /// and the logit's.
+    pub fn dense_layers(&self) -> [&Dense; 2] {
+        [&self.dense1, &self.dense2]
     }
 
     /// One logit per image of an NCHW batch `[n, 3, size, size]`, with dropout drawn

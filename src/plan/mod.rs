@@ -5,6 +5,7 @@
 //! (and the training path); each plan is tested against its module.
 
 pub mod resnet;
+pub mod small_cnn;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
@@ -269,6 +270,69 @@ impl Conv2d {
         })
     }
 
+    /// Lays out a Keras-layout convolution (stride 1): `kernel` holds `shape`, `[k, k, in,
+    /// out]`, which is already the product's right-hand matrix.
+    pub fn from_keras(
+        kernel: &[f32],
+        shape: [usize; 4],
+        bias: &[f32],
+        padding: usize,
+    ) -> Result<Self> {
+        let layer = Self::keras_geometry(&shape, kernel.len(), bias, padding)?;
+        let (rows, n) = (kernel.len() / layer.out_channels, layer.out_channels);
+        let weights = F32Weights::from_row_major(kernel, rows, n, Layout::best());
+        Ok(Self {
+            weights: ConvWeights::F32(weights),
+            ..layer
+        })
+    }
+
+    /// The same from a stored int8 kernel, its scales per output channel (the last axis).
+    pub fn from_keras_int8(kernel: Int8Kernel, bias: &[f32], padding: usize) -> Result<Self> {
+        ensure!(
+            kernel.axis == ChannelAxis::Last && kernel.scales.len() == *kernel.shape.last().unwrap_or(&0),
+            "an int8 kernel of shape {:?} with {} scales along {:?}: a Keras kernel has one per output channel, last",
+            kernel.shape,
+            kernel.scales.len(),
+            kernel.axis
+        );
+        let layer = Self::keras_geometry(kernel.shape, kernel.values.len(), bias, padding)?;
+        let (rows, n) = (kernel.values.len() / layer.out_channels, layer.out_channels);
+        Ok(Self {
+            weights: ConvWeights::Int8 {
+                packed: PackedWeights::pack(kernel.values, rows, n),
+                scales: kernel.scales.to_vec(),
+            },
+            ..layer
+        })
+    }
+
+    /// A layer of a `[k, k, in, out]` kernel (of `len` values) and its bias, and no weights yet.
+    fn keras_geometry(shape: &[usize], len: usize, bias: &[f32], padding: usize) -> Result<Self> {
+        let &[kh, kw, in_channels, out_channels] = shape else {
+            anyhow::bail!("a Keras kernel is [k, k, in, out], got {shape:?}");
+        };
+        ensure!(kh == kw, "square kernels only, got {kh}x{kw}");
+        ensure!(
+            len == shape.iter().product::<usize>() && len > 0,
+            "a kernel of shape {shape:?} holding {len} values"
+        );
+        ensure!(
+            bias.len() == out_channels,
+            "a bias of {} for {out_channels} outputs",
+            bias.len()
+        );
+        Ok(Self {
+            in_channels,
+            out_channels,
+            kernel: kh,
+            stride: 1,
+            padding,
+            weights: ConvWeights::F32(F32Weights::zeros(0, 0, Layout::RowMajor)),
+            bias: bias.to_vec(),
+        })
+    }
+
     /// A layer with `conv`'s geometry and bias, and no weights yet.
     fn geometry(conv: &candle_nn::Conv2d) -> Result<Self> {
         let config = conv.config();
@@ -341,17 +405,17 @@ impl Conv2d {
         };
         let bands = threads.get().min(rows.div_ceil(MIN_ROWS_PER_THREAD)).max(1);
         let rows_per_band = rows.div_ceil(bands);
+        let share_columns = threads.get() > 1 && rows.div_ceil(threads.get()) < SPLIT_COLUMNS_BELOW;
         match &self.weights {
-            ConvWeights::F32(weights)
-                if bands > 1 && rows_per_band < SPLIT_COLUMNS_BELOW && weights.runs_columns() =>
-            {
+            ConvWeights::F32(weights) if share_columns && weights.runs_columns() => {
                 let lowered = match window.is_identity() {
                     true => &mut [][..],
                     false => scratch.lowered.prefix(rows * patch),
                 };
                 let a = window.lowered_band(input.data(), 0, rows, lowered);
                 let finish = finish_band(0, output.data().len());
-                run_by_columns(weights, bands, rows, a, patch, output.data_mut(), &finish);
+                let parts = threads.get();
+                run_by_columns(weights, parts, rows, a, patch, output.data_mut(), &finish);
             }
             ConvWeights::F32(weights)
                 if window.reads_padded()
@@ -531,7 +595,8 @@ fn run_bands<S: Send>(
 
 /// Below this many output pixels per thread (4 of the x86 kernel's row tiles), threads
 /// share an f32 convolution by columns, when the CPU runs [`F32Weights::run_columns`]:
-/// sharing rows, each thread reads all the weights. On ResNet-50's 7 x 7 layers (49 rows,
+/// sharing rows, each thread reads all the weights (and a layer of fewer rows than
+/// [`MIN_ROWS_PER_THREAD`], such as the small CNN's dense layer, would run on one). On ResNet-50's 7 x 7 layers (49 rows,
 /// 2 threads) the 3 x 3 ones took 28 % less time with cold weights, the others 5-15 %;
 /// its 14 x 14 layers (98 rows a thread) measured alike either way.
 const SPLIT_COLUMNS_BELOW: usize = 4 * TILE_ROWS;
@@ -663,6 +728,18 @@ impl<T: Default> Arena<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
         // A panic while holding the lock leaves only a Vec of buffers: still usable.
         self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs `pass` on a pool thread when it is split (`threads` > 1), so that thread takes a
+/// band of each layer itself. Called from outside the pool, every layer woke two pool
+/// threads while the caller slept: 15 % of an int8 pass went to the scheduler, and the
+/// pass took 22 % longer on two threads (x86, AMX).
+pub(crate) fn on_pool_thread<R: Send>(threads: Threads, pass: impl FnOnce() -> R + Send) -> R {
+    if threads.get() > 1 && rayon::current_thread_index().is_none() {
+        rayon::scope(|_| pass())
+    } else {
+        pass()
     }
 }
 

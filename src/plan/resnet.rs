@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::{Arena, Conv2d, Dense, Epilogue, FeatureMap, Precision, Scratch};
+use super::{on_pool_thread, Arena, Conv2d, Dense, Epilogue, FeatureMap, Precision, Scratch};
 use crate::kernels::im2col::Window;
 use crate::kernels::{pool, Threads};
 use crate::models::resnet::{Bottleneck, ConvBn, ResNet};
@@ -198,18 +198,6 @@ impl ResNetPlan {
     /// Frees the idle buffers.
     pub fn release_memory(&self) {
         self.arena.clear();
-    }
-}
-
-/// Runs `pass` on a pool thread when it is split (`threads` > 1), so that thread takes a
-/// band of each layer itself. Called from outside the pool, every layer woke two pool
-/// threads while the caller slept: 15 % of an int8 pass went to the scheduler, and the
-/// pass took 22 % longer on two threads (x86, AMX).
-fn on_pool_thread<R: Send>(threads: Threads, pass: impl FnOnce() -> R + Send) -> R {
-    if threads.get() > 1 && rayon::current_thread_index().is_none() {
-        rayon::scope(|_| pass())
-    } else {
-        pass()
     }
 }
 

@@ -127,13 +127,13 @@ impl Stored {
                 scales,
                 axis,
             } => {
-                let channel_of = axis.channel_of(values.len(), scales.len());
-                let values = values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &q)| q as f32 * scales[channel_of(i)])
-                    .collect();
-                (values, shape)
+                let kernel = Int8Kernel {
+                    values,
+                    shape,
+                    scales,
+                    axis: *axis,
+                };
+                (kernel.dequantized(), shape)
             }
         };
         Ok(Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?)
@@ -148,6 +148,17 @@ pub struct Int8Kernel<'a> {
     /// One per output channel.
     pub scales: &'a [f32],
     pub axis: ChannelAxis,
+}
+
+impl Int8Kernel<'_> {
+    /// The kernel back in f32, `q * scale` (for a layer that runs in f32).
+    pub fn dequantized(&self) -> Vec<f32> {
+        let channel_of = self.axis.channel_of(self.values.len(), self.scales.len());
+        let values = self.values.iter().enumerate();
+        values
+            .map(|(i, &q)| q as f32 * self.scales[channel_of(i)])
+            .collect()
+    }
 }
 
 /// A model's tensors at int8: see the module documentation.

@@ -1,0 +1,277 @@
+//! The small CNN's plan: [`crate::models::small_cnn::SmallCnn`] compiled for inference
+//! like the ResNet's (NHWC maps, weights laid out once, bias and ReLU in the product's
+//! store, buffers reused). Its hidden dense layer reads the last block's pooled map
+//! flattened, `[h, w, c]`, which is what a convolution whose kernel covers the whole map
+//! reads for its one output pixel: it runs as that convolution, so the plan's f32 and
+//! int8 products, and their threads, serve it too.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
+
+use super::{on_pool_thread, with_f32_values, Arena, Conv2d, Epilogue, FeatureMap, Scratch};
+use crate::kernels::im2col::Window;
+use crate::kernels::{pool, Threads};
+use crate::models::layers::ConvReluPool;
+use crate::models::small_cnn::{SmallCnn, CONV_BLOCKS, DENSE_LAYERS};
+use crate::weights::int8::{Int8Kernel, Int8Weights};
+
+/// Buffers of one forward pass; see [`super::Arena`].
+#[derive(Debug, Default)]
+struct Workspace {
+    x: FeatureMap,
+    rectified: FeatureMap,
+    scratch: Scratch,
+}
+
+#[derive(Debug)]
+pub struct SmallCnnPlan {
+    input_side: usize,
+    /// Each followed by ReLU and 2 x 2 max pooling.
+    blocks: Vec<Conv2d>,
+    /// The hidden dense layer (then ReLU), as a convolution over the whole last map.
+    hidden: Conv2d,
+    /// The logit's dense layer: one output, a dot product.
+    logit_kernel: Vec<f32>,
+    logit_bias: f32,
+    arena: Arena<Workspace>,
+}
+
+/// Where the plan's kernels come from.
+#[derive(Clone, Copy)]
+enum Kernels<'a> {
+    /// The model's f32 tensors.
+    F32,
+    /// Kernels as the int8 weights store them (the model may hold placeholders for them).
+    Int8(&'a Int8Weights),
+}
+
+impl SmallCnnPlan {
+    /// Compiles the network in f32.
+    pub fn new(model: &SmallCnn) -> Result<Self> {
+        Self::build(model, Kernels::F32)
+    }
+
+    /// Compiles the network at int8 with its kernels as `weights` store them. The first
+    /// block, whose input is the image (signed when the preprocessing subtracts a mean),
+    /// and the one-output logit layer run in f32 on their dequantized values.
+    pub fn from_int8(model: &SmallCnn, weights: &Int8Weights) -> Result<Self> {
+        Self::build(model, Kernels::Int8(weights))
+    }
+
+    fn build(model: &SmallCnn, kernels: Kernels) -> Result<Self> {
+        let blocks = model.conv_blocks();
+        let mut side = model.input_side();
+        let mut planned = Vec::with_capacity(blocks.len());
+        for (i, (block, name)) in blocks.into_iter().zip(CONV_BLOCKS).enumerate() {
+            let (k, _, inputs, outputs) = block.kernel().dims4()?;
+            let shape = [k, k, inputs, outputs];
+            let int8 = i > 0;
+            planned.push(layer(
+                kernels,
+                name,
+                block.kernel(),
+                shape,
+                block.bias(),
+                int8,
+            )?);
+            side = ConvReluPool::output_side(side);
+        }
+        let [hidden, logit] = model.dense_layers();
+        let (inputs, outputs) = hidden.kernel().dims2()?;
+        let channels = inputs / (side * side).max(1);
+        let shape = [side, side, channels, outputs];
+        let name = DENSE_LAYERS[0];
+        let hidden = layer(kernels, name, hidden.kernel(), shape, hidden.bias(), true)?;
+        Ok(Self {
+            input_side: model.input_side(),
+            blocks: planned,
+            hidden,
+            logit_kernel: f32_vec(logit.kernel())?,
+            logit_bias: f32_vec(logit.bias())?[0],
+            arena: Arena::default(),
+        })
+    }
+
+    /// The logit (the dog's log-odds) of one `[3, side, side]` image.
+    ///
+    /// # Panics
+    /// If the image is not of the side the network was built for (the caller checks).
+    pub fn forward(&self, chw: &[f32], height: usize, width: usize, threads: Threads) -> f32 {
+        let side = self.input_side;
+        assert!(
+            height == side && width == side,
+            "the small CNN takes {side}x{side} images, got {height}x{width}"
+        );
+        on_pool_thread(threads, || {
+            self.arena.with(|ws| {
+                ws.x.load_chw(chw, 3, height, width);
+                for block in &self.blocks {
+                    let rectified = &mut ws.rectified;
+                    block.forward(&ws.x, Epilogue::Relu, rectified, &mut ws.scratch, threads);
+                    let window = Window {
+                        height: rectified.height,
+                        width: rectified.width,
+                        channels: rectified.channels,
+                        kernel: 2,
+                        stride: 2,
+                        padding: 0,
+                    };
+                    ws.x.reset(window.out_height(), window.out_width(), window.channels);
+                    pool::max_pool(&window, rectified.data(), ws.x.data_mut(), threads);
+                }
+                let hidden = &mut ws.rectified;
+                self.hidden
+                    .forward(&ws.x, Epilogue::Relu, hidden, &mut ws.scratch, threads);
+                let products = hidden.data().iter().zip(&self.logit_kernel);
+                products.map(|(h, k)| h * k).sum::<f32>() + self.logit_bias
+            })
+        })
+    }
+
+    /// Frees the idle buffers.
+    pub fn release_memory(&self) {
+        self.arena.clear();
+    }
+}
+
+/// Lays out the Keras layer `name` (kernel `tensor` seen as `shape`, `[k, k, in, out]`,
+/// no padding), at int8 when `int8` and the kernels are stored so.
+fn layer(
+    kernels: Kernels,
+    name: &str,
+    tensor: &Tensor,
+    shape: [usize; 4],
+    bias: &Tensor,
+    int8: bool,
+) -> Result<Conv2d> {
+    let bias = f32_vec(bias)?;
+    let conv = match kernels {
+        Kernels::F32 => {
+            with_f32_values(tensor, |values| Conv2d::from_keras(values, shape, &bias, 0))?
+        }
+        Kernels::Int8(weights) => {
+            let stored = weights
+                .kernel(&format!("{name}.kernel"))
+                .with_context(|| format!("the int8 weights have no int8 kernel {name}.kernel"))?;
+            let stored = Int8Kernel {
+                shape: &shape,
+                ..stored
+            };
+            match int8 {
+                true => Conv2d::from_keras_int8(stored, &bias, 0),
+                false => Conv2d::from_keras(&stored.dequantized(), shape, &bias, 0),
+            }
+        }
+    };
+    conv.with_context(|| format!("layer {name}"))
+}
+
+fn f32_vec(tensor: &Tensor) -> Result<Vec<f32>> {
+    Ok(tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::int8::ChannelAxis;
+    use crate::weights::CheckedWeights;
+    use candle_core::{Device, Module};
+    use candle_nn::{VarBuilder, VarMap};
+
+    const SIDE: usize = 40;
+
+    /// The network at a small input side, with random kernels and biases.
+    fn random_cnn() -> (SmallCnn, VarMap) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = SmallCnn::with_input(SIDE, vb).unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("bias") {
+                let bias = Tensor::rand(-0.3f32, 0.3, var.shape(), &Device::Cpu).unwrap();
+                var.set(&bias).unwrap();
+            }
+        }
+        (model, varmap)
+    }
+
+    fn image() -> Tensor {
+        Tensor::rand(0f32, 1.0, (1, 3, SIDE, SIDE), &Device::Cpu).unwrap()
+    }
+
+    fn chw(image: &Tensor) -> Vec<f32> {
+        image.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn the_plan_computes_what_the_candle_module_computes() {
+        let (model, _) = random_cnn();
+        let plan = SmallCnnPlan::new(&model).unwrap();
+        for _ in 0..3 {
+            let image = image();
+            let expected = model.forward(&image).unwrap().to_vec1::<f32>().unwrap()[0];
+            for threads in 1..=3 {
+                let ours = plan.forward(&chw(&image), SIDE, SIDE, Threads(threads));
+                let tolerance = 1e-4 * (1.0 + expected.abs());
+                assert!(
+                    (ours - expected).abs() < tolerance,
+                    "{threads} threads: {ours} vs {expected}"
+                );
+            }
+        }
+    }
+
+    /// At int8 the plan runs the stored kernels (on a structure holding placeholders for
+    /// the convolutions' kernels): near the module on the dequantized kernels, which
+    /// differs by the activations' quantization only.
+    #[test]
+    fn the_int8_plan_tracks_the_dequantized_module() {
+        let (model, varmap) = random_cnn();
+        let tensors = varmap.data().lock().unwrap().clone();
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()));
+        let weights =
+            Int8Weights::quantize(tensors, ChannelAxis::Last, &[], Default::default()).unwrap();
+        let build = |tensors| {
+            CheckedWeights::from_tensors(std::path::Path::new("test"), tensors)
+                .build(|vb| SmallCnn::with_input(SIDE, vb))
+                .unwrap()
+        };
+        let dequantized = build(weights.dequantized().unwrap());
+        let structure = build(weights.with_conv_placeholders().unwrap());
+        let plan = SmallCnnPlan::from_int8(&structure, &weights).unwrap();
+        let exact = SmallCnnPlan::new(&model).unwrap();
+        let (mut error, mut scale, mut quantized) = (0f32, 0f32, 0f32);
+        for case in 0..8 {
+            let image = image();
+            let expected = dequantized
+                .forward(&image)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0];
+            let ours = plan.forward(&chw(&image), SIDE, SIDE, Threads(1 + case % 2));
+            let f32_logit = exact.forward(&chw(&image), SIDE, SIDE, Threads::ONE);
+            error = error.max((ours - expected).abs());
+            quantized = quantized.max((ours - f32_logit).abs());
+            scale = scale.max(expected.abs());
+        }
+        assert!(error < 0.05 * scale, "{error} of {scale}");
+        assert!(
+            quantized > 1e-6 * scale,
+            "the int8 plan runs int8: {quantized}"
+        );
+
+        let f32_only = Int8Weights::quantize(
+            weights.dequantized().unwrap(),
+            ChannelAxis::Last,
+            &["conv2.kernel"],
+            Default::default(),
+        )
+        .unwrap();
+        let error = SmallCnnPlan::from_int8(&structure, &f32_only).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("no int8 kernel conv2.kernel"),
+            "{error:#}"
+        );
+    }
+}
