@@ -155,8 +155,9 @@ impl F32Weights {
     /// [`Self::run`] on the lowered rows of output pixels `first_pixel..first_pixel + m`
     /// of a convolution, read in place from its padded input `rows` rather than lowered
     /// first (3 x 3, stride 1: nine copies of every input value): ResNet-50's stem and its
-    /// 3 x 3 layers of 56, 28 and 14 pixels square. The 14-row tiles must not cross image
-    /// rows: `first_pixel`, `m` and the image width are whole multiples of [`TILE_ROWS`].
+    /// 3 x 3 layers of 56, 28 and 14 pixels square, the small CNN's convolutions. Row
+    /// tiles end where image rows do: a row whose width is no multiple of 14 ends in a
+    /// shorter one.
     pub fn run_padded(
         &self,
         first_pixel: usize,
@@ -170,12 +171,6 @@ impl F32Weights {
             "padded rows run in panels on AVX-512 only"
         );
         assert_eq!(self.k, rows.kernel * rows.kernel_row_len(), "k is a patch");
-        assert!(
-            [first_pixel, m, rows.out_width]
-                .iter()
-                .all(|v| v % TILE_ROWS == 0),
-            "whole tiles inside image rows"
-        );
         let first_y = first_pixel / rows.out_width.max(1);
         assert!(first_y * rows.stride >= rows.first_row, "rows start above");
         assert_eq!(c.len(), m * self.n, "c is m x n");
@@ -335,7 +330,7 @@ mod x86 {
                 (per_chunk * rows.kernel_row_len(), rows.pixel_step())
             }
         };
-        let row_tiles = m.div_ceil(ROWS);
+        let tiles = row_tiles(m, left);
         let (first_panel, end_panel) = (panels.start, panels.end);
         let blocks = panel_blocks(panels.len(), chunk_len.max(1) * PANEL * 4);
         for panels in blocks.map(|block| block.start + first_panel..block.end + first_panel) {
@@ -352,10 +347,8 @@ mod x86 {
                         (next < end_panel).then_some(next * panel_len)
                     }
                 };
-                let fetch = Fetch::share(row_tiles, chunk_len);
-                for row_tile in 0..row_tiles {
-                    let row = row_tile * ROWS;
-                    let rows = (m - row).min(ROWS);
+                let fetch = Fetch::share(tiles.len(), chunk_len);
+                for (row_tile, &(row, rows)) in tiles.iter().enumerate() {
                     let mut segments = [Segment::new(std::ptr::null(), 0); MAX_SEGMENTS];
                     let segments = match left {
                         Left::Matrix { a, lda } => {
@@ -394,15 +387,11 @@ mod x86 {
                             store(&sums, c, n, cols, tile_finish);
                             continue;
                         }
-                        let Left::Matrix { a, lda } = left else {
-                            unreachable!("padded products run whole tiles")
-                        };
-                        let a = &a[row * lda + first_k..][..(rows - 1) * lda + len];
                         macro_rules! rest_tile {
                             ($($rows:literal)*) => {
                                 match rows {
                                     $($rows => tile::<$rows>(
-                                        a, lda, len, b, c, n, cols, tile_finish, fetch
+                                        segments, lda, b.as_ptr(), c, n, cols, tile_finish, fetch
                                     ),)*
                                     _ => unreachable!("fewer than {ROWS} rows left"),
                                 }
@@ -413,6 +402,27 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// The row tiles of a product, `(first row, rows)`: 14 rows each, except that a
+    /// padded product's tiles end where image rows do (its rows lie a fixed step apart
+    /// only within one image row).
+    fn row_tiles(m: usize, left: Left) -> Vec<(usize, usize)> {
+        let row_end = |row: usize| match left {
+            Left::Matrix { .. } => m,
+            Left::Padded { rows, first_pixel } => {
+                let x = (first_pixel + row) % rows.out_width;
+                (row + rows.out_width - x).min(m)
+            }
+        };
+        let mut tiles = Vec::with_capacity(m.div_ceil(ROWS));
+        let mut row = 0;
+        while row < m {
+            let rows = (row_end(row) - row).min(ROWS);
+            tiles.push((row, rows));
+            row += rows;
+        }
+        tiles
     }
 
     /// The k of a product run at a time: longer products are cut into chunks of at most
@@ -470,35 +480,42 @@ mod x86 {
 
     type Sums<const MR: usize> = [[__m512; 2]; MR];
 
-    /// `MR` rows of `a` (`lda` apart) times one panel `b` (`k x 32`), finished into `c`
-    /// (rows `ldc` apart, `cols` of them kept).
+    /// `MR` rows (`lda` apart, read segment by segment) times one panel `b` (32 values a
+    /// k), finished into `c` (rows `ldc` apart, `cols` of them kept).
+    ///
+    /// # Safety
+    /// AVX-512F is present; `segments` hold `MR` rows each, `lda` apart, of as many values
+    /// as they say; `b` a panel of 32 values a k for all of them; `c` `MR` rows of `cols`.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const MR: usize>(
-        a: &[f32],
+        segments: &[Segment],
         lda: usize,
-        k: usize,
-        b: &[f32],
+        b: *const f32,
         c: *mut f32,
         ldc: usize,
         cols: usize,
         finish: TileFinish,
         (fetch_at, fetch_step): (*const u8, usize),
     ) {
-        let rows: [&[f32]; MR] = unrolled(|r| &a[r * lda..][..k]);
         finish.prefetch(c, MR, ldc);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        let bp = b.as_ptr();
-        for kk in 0..k {
-            fetch_ahead(bp.add(kk * PANEL) as *const u8, 2);
-            _mm_prefetch::<_MM_HINT_T1>(fetch_at.wrapping_add(kk * fetch_step / 4) as *const i8);
-            let b0 = _mm512_loadu_ps(bp.add(kk * PANEL));
-            let b1 = _mm512_loadu_ps(bp.add(kk * PANEL + 16));
-            for r in 0..MR {
-                let x = _mm512_set1_ps(*rows[r].get_unchecked(kk));
-                acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+        let mut bp = b;
+        let mut kk = 0;
+        for segment in segments {
+            for i in 0..segment.quads * 4 + segment.rest {
+                fetch_ahead(bp as *const u8, 2);
+                _mm_prefetch::<_MM_HINT_T1>(fetch_at.wrapping_add(kk * fetch_step / 4) as *const i8);
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*segment.at.add(r * lda + i));
+                    acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+                }
+                bp = bp.add(PANEL);
+                kk += 1;
             }
         }
         store(&acc, c, ldc, cols, finish);
@@ -748,16 +765,22 @@ mod tests {
         }
         let mut rng = Lcg(31);
         let cases = [
-            // (height, width, channels, kernel, stride, n, first_pixel, pixels)
-            (4, 14, 3, 3, 1, 40, 0, 56),
-            (5, 28, 16, 3, 1, 64, 14, 98),
-            (3, 14, 130, 3, 1, 33, 0, 42),
-            (6, 14, 512, 3, 1, 32, 28, 42),
-            (5, 28, 9, 5, 1, 70, 42, 56),
-            (9, 28, 3, 7, 2, 64, 14, 56),
-            (8, 56, 5, 3, 2, 20, 0, 112),
+            // (height, width, channels, kernel, stride, padding, n, first_pixel, pixels)
+            (4, 14, 3, 3, 1, 1, 40, 0, 56),
+            (5, 28, 16, 3, 1, 1, 64, 14, 98),
+            (3, 14, 130, 3, 1, 1, 33, 0, 42),
+            (6, 14, 512, 3, 1, 1, 32, 28, 42),
+            (5, 28, 9, 5, 1, 2, 70, 42, 56),
+            (9, 28, 3, 7, 2, 3, 64, 14, 56),
+            (8, 56, 5, 3, 2, 1, 20, 0, 112),
+            // Image rows of no whole tiles, unpadded windows, bands starting inside rows.
+            (7, 37, 5, 3, 1, 0, 40, 3, 100),
+            (6, 19, 32, 3, 1, 1, 33, 5, 60),
+            (9, 20, 3, 3, 1, 0, 32, 0, 126),
+            (10, 30, 4, 5, 2, 0, 20, 7, 30),
+            (5, 16, 512, 3, 1, 0, 32, 0, 42),
         ];
-        for (case, &(height, width, channels, kernel, stride, n, first_pixel, pixels)) in
+        for (case, &(height, width, channels, kernel, stride, padding, n, first_pixel, pixels)) in
             cases.iter().enumerate()
         {
             let window = Window {
@@ -766,7 +789,7 @@ mod tests {
                 channels,
                 kernel,
                 stride,
-                padding: kernel / 2,
+                padding,
             };
             let input = rng.vec(height * width * channels);
             let k = window.patch_len();

@@ -3,8 +3,8 @@
 //! channel) to match the packed weights of [`crate::plan::Conv2d`]. Padding lanes are
 //! written as zeros (garbage there could decode to denormals and slow the product down).
 //! int8 convolutions lower and quantize in one pass ([`Window::lower_quantized`]). The f32
-//! kernel on AVX-512 reads centred windows in place instead, from the input rows copied
-//! with their zero padding ([`Window::pad_rows`], [`PaddedRows`]).
+//! kernel on AVX-512 reads windows of several pixels in place instead, from the input
+//! rows copied with their zero padding ([`Window::pad_rows`], [`PaddedRows`]).
 
 use super::pool::larger;
 use super::quantize;
@@ -79,10 +79,10 @@ impl Window {
     }
 
     /// Whether a product can read this window's rows in place from [`Self::pad_rows`]: a
-    /// window of several pixels centred on its input pixel (padding on every side), so
-    /// that its kernel rows lie at fixed offsets in the padded input.
+    /// window of several pixels (1 x 1 ones read their input as it is, or lowered when
+    /// strided) that overlaps the image.
     pub fn reads_padded(&self) -> bool {
-        self.kernel > 1 && 2 * self.padding + 1 == self.kernel
+        self.kernel > 1 && self.padding < self.kernel
     }
 
     /// Values [`Self::pad_rows`] writes at most for `pixels` output pixels from anywhere
@@ -104,7 +104,10 @@ impl Window {
         pixels: usize,
         scratch: &'a mut [f32],
     ) -> PaddedRows<'a> {
-        assert!(self.reads_padded(), "a window centred on its pixel");
+        assert!(
+            self.reads_padded(),
+            "a window of several pixels over the image"
+        );
         assert_eq!(input.len(), self.height * self.width * self.channels);
         assert!(pixels > 0 && first_pixel + pixels <= self.rows());
         let (c, pad, out_width) = (self.channels, self.padding, self.out_width());
