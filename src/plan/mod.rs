@@ -49,6 +49,16 @@ impl FeatureMap {
         &mut self.storage[..len]
     }
 
+    /// The whole map, borrowed.
+    pub fn view(&self) -> MapView<'_> {
+        MapView {
+            data: self.data(),
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+        }
+    }
+
     /// Copies a `[channels, height, width]` image into NHWC order.
     pub fn load_chw(&mut self, chw: &[f32], channels: usize, height: usize, width: usize) {
         assert_eq!(chw.len(), channels * height * width);
@@ -58,6 +68,28 @@ impl FeatureMap {
             for (c, d) in dst.iter_mut().enumerate() {
                 *d = chw[c * plane + pixel];
             }
+        }
+    }
+}
+
+/// An image's activations (or a strip of its rows), borrowed: what a convolution reads.
+#[derive(Debug, Clone, Copy)]
+pub struct MapView<'a> {
+    pub data: &'a [f32],
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+}
+
+impl<'a> MapView<'a> {
+    /// Image rows `first..first + count`.
+    pub fn rows(self, first: usize, count: usize) -> MapView<'a> {
+        assert!(first + count <= self.height, "rows inside the map");
+        let row_len = self.width * self.channels;
+        MapView {
+            data: &self.data[first * row_len..][..count * row_len],
+            height: count,
+            ..self
         }
     }
 }
@@ -357,7 +389,7 @@ impl Conv2d {
         })
     }
 
-    fn window(&self, input: &FeatureMap) -> Window {
+    fn window(&self, input: &MapView) -> Window {
         Window {
             height: input.height,
             width: input.width,
@@ -381,8 +413,20 @@ impl Conv2d {
         scratch: &mut Scratch,
         threads: Threads,
     ) {
+        self.forward_view(input.view(), epilogue, output, scratch, threads);
+    }
+
+    /// [`Self::forward`] on borrowed rows (a strip of a map).
+    pub fn forward_view(
+        &self,
+        input: MapView,
+        epilogue: Epilogue,
+        output: &mut FeatureMap,
+        scratch: &mut Scratch,
+        threads: Threads,
+    ) {
         assert_eq!(input.channels, self.in_channels, "input channels");
-        let window = self.window(input);
+        let window = self.window(&input);
         let (rows, patch) = (window.rows(), window.patch_len());
         output.reset(window.out_height(), window.out_width(), self.out_channels);
         let shortcut = match epilogue {
@@ -412,7 +456,7 @@ impl Conv2d {
                     true => &mut [][..],
                     false => scratch.lowered.prefix(rows * patch),
                 };
-                let a = window.lowered_band(input.data(), 0, rows, lowered);
+                let a = window.lowered_band(input.data, 0, rows, lowered);
                 let finish = finish_band(0, output.data().len());
                 let parts = threads.get();
                 run_by_columns(weights, parts, rows, a, patch, output.data_mut(), &finish);
@@ -433,7 +477,7 @@ impl Conv2d {
                     .collect();
                 let band = |first_row: usize, out: &mut [f32], padded: &mut [f32]| {
                     let pixels = out.len() / n;
-                    let rows = window.pad_rows(input.data(), first_row, pixels, padded);
+                    let rows = window.pad_rows(input.data, first_row, pixels, padded);
                     let finish = finish_band(first_row, out.len());
                     weights.run_padded(first_row, pixels, &rows, out, &finish);
                 };
@@ -447,7 +491,7 @@ impl Conv2d {
                         let rows = out.len() / n;
                         let len = lowered.len().min(rows * patch);
                         let lowered = &mut lowered[..len];
-                        let a = window.lowered_band(input.data(), first_row, rows, lowered);
+                        let a = window.lowered_band(input.data, first_row, rows, lowered);
                         weights.run(rows, a, patch, out, &finish_band(first_row, out.len()));
                     }
                 };
@@ -478,12 +522,12 @@ impl Conv2d {
                     let pixel_max = pixel_max.prefix(input.height * input.width);
                     let channels = input.channels;
                     if bands == 1 {
-                        quantize::maxima(input.data(), channels, pixel_max);
+                        quantize::maxima(input.data, channels, pixel_max);
                     } else {
                         let per_band = pixel_max.len().div_ceil(bands);
                         let work = pixel_max
                             .chunks_mut(per_band)
-                            .zip(input.data().chunks(per_band * channels))
+                            .zip(input.data.chunks(per_band * channels))
                             .collect();
                         for_each_band(work, &|(out, pixels)| {
                             quantize::maxima(pixels, channels, out)
@@ -502,7 +546,7 @@ impl Conv2d {
                      (quantized, row_scales): (&mut [u8], &mut [f32])| {
                         let band_rows = out.len() / n;
                         window.lower_quantized(
-                            input.data(),
+                            input.data,
                             pixel_max,
                             first_row,
                             kernel.max_activation,

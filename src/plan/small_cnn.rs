@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 
 use super::{on_pool_thread, with_f32_values, Arena, Conv2d, Epilogue, FeatureMap, Scratch};
 use crate::kernels::im2col::Window;
-use crate::kernels::{pool, Threads};
+use crate::kernels::{for_each_band, pool, Threads};
 use crate::models::layers::ConvReluPool;
 use crate::models::small_cnn::{SmallCnn, CONV_BLOCKS, DENSE_LAYERS};
 use crate::weights::int8::{Int8Kernel, Int8Weights};
@@ -19,9 +19,23 @@ use crate::weights::int8::{Int8Kernel, Int8Weights};
 #[derive(Debug, Default)]
 struct Workspace {
     x: FeatureMap,
+    pooled: FeatureMap,
+    /// One per thread: the strips of a block's rectified map it pools.
+    bands: Vec<Band>,
+    hidden: FeatureMap,
+    scratch: Scratch,
+}
+
+/// A thread's buffers for its band of a block.
+#[derive(Debug, Default)]
+struct Band {
     rectified: FeatureMap,
     scratch: Scratch,
 }
+
+/// Bytes of a block's rectified map a thread computes at a time, then pools while they
+/// are still in L2: computed whole, the first block's 2.8 MB went out to L3 and back.
+const STRIP_BYTES: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct SmallCnnPlan {
@@ -106,20 +120,10 @@ impl SmallCnnPlan {
             self.arena.with(|ws| {
                 ws.x.load_chw(chw, 3, height, width);
                 for block in &self.blocks {
-                    let rectified = &mut ws.rectified;
-                    block.forward(&ws.x, Epilogue::Relu, rectified, &mut ws.scratch, threads);
-                    let window = Window {
-                        height: rectified.height,
-                        width: rectified.width,
-                        channels: rectified.channels,
-                        kernel: 2,
-                        stride: 2,
-                        padding: 0,
-                    };
-                    ws.x.reset(window.out_height(), window.out_width(), window.channels);
-                    pool::max_pool(&window, rectified.data(), ws.x.data_mut(), threads);
+                    block.forward_pooled(&ws.x, &mut ws.pooled, &mut ws.bands, threads);
+                    std::mem::swap(&mut ws.x, &mut ws.pooled);
                 }
-                let hidden = &mut ws.rectified;
+                let hidden = &mut ws.hidden;
                 self.hidden
                     .forward(&ws.x, Epilogue::Relu, hidden, &mut ws.scratch, threads);
                 let products = hidden.data().iter().zip(&self.logit_kernel);
@@ -131,6 +135,58 @@ impl SmallCnnPlan {
     /// Frees the idle buffers.
     pub fn release_memory(&self) {
         self.arena.clear();
+    }
+}
+
+impl Conv2d {
+    /// `pooled = max_pool_2x2(relu(conv(x)))` (an odd last row or column dropped). Each
+    /// thread takes a band of pooled rows and runs it strip by strip: the rectified rows
+    /// of a strip, computed from the input rows they read, are pooled while in cache.
+    fn forward_pooled(
+        &self,
+        x: &FeatureMap,
+        pooled: &mut FeatureMap,
+        bands: &mut Vec<Band>,
+        threads: Threads,
+    ) {
+        let reach = self.kernel - 1;
+        let (conv_height, conv_width) = (x.height - reach, x.width - reach);
+        pooled.reset(conv_height / 2, conv_width / 2, self.out_channels);
+        let pooled_row = (pooled.width * pooled.channels).max(1);
+        let rows_per_band = pooled.height.div_ceil(threads.get()).max(1);
+        let conv_row_bytes = conv_width * self.out_channels * size_of::<f32>();
+        let rows_per_strip = (STRIP_BYTES / (2 * conv_row_bytes).max(1)).max(1);
+        bands.resize_with(threads.get(), Band::default);
+        let work: Vec<_> = pooled
+            .data_mut()
+            .chunks_mut(rows_per_band * pooled_row)
+            .zip(bands.iter_mut())
+            .enumerate()
+            .collect();
+        for_each_band(work, &|(i, (out, band)): (
+            usize,
+            (&mut [f32], &mut Band),
+        )| {
+            let strips = out.chunks_mut(rows_per_strip * pooled_row).enumerate();
+            for (j, out) in strips {
+                let (first, rows) = (
+                    i * rows_per_band + j * rows_per_strip,
+                    out.len() / pooled_row,
+                );
+                let strip = x.view().rows(2 * first, 2 * rows + reach);
+                let Band { rectified, scratch } = band;
+                self.forward_view(strip, Epilogue::Relu, rectified, scratch, Threads::ONE);
+                let window = Window {
+                    height: rectified.height,
+                    width: rectified.width,
+                    channels: rectified.channels,
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                };
+                pool::max_pool(&window, rectified.data(), out, Threads::ONE);
+            }
+        });
     }
 }
 
@@ -173,6 +229,7 @@ fn f32_vec(tensor: &Tensor) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::small_cnn::INPUT_SIZE;
     use crate::weights::int8::ChannelAxis;
     use crate::weights::CheckedWeights;
     use candle_core::{Device, Module};
@@ -180,11 +237,11 @@ mod tests {
 
     const SIDE: usize = 40;
 
-    /// The network at a small input side, with random kernels and biases.
-    fn random_cnn() -> (SmallCnn, VarMap) {
+    /// The network at an input side, with random kernels and biases.
+    fn random_cnn(side: usize) -> (SmallCnn, VarMap) {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let model = SmallCnn::with_input(SIDE, vb).unwrap();
+        let model = SmallCnn::with_input(side, vb).unwrap();
         for (name, var) in varmap.data().lock().unwrap().iter() {
             if name.ends_with("bias") {
                 let bias = Tensor::rand(-0.3f32, 0.3, var.shape(), &Device::Cpu).unwrap();
@@ -194,23 +251,25 @@ mod tests {
         (model, varmap)
     }
 
-    fn image() -> Tensor {
-        Tensor::rand(0f32, 1.0, (1, 3, SIDE, SIDE), &Device::Cpu).unwrap()
+    fn image(side: usize) -> Tensor {
+        Tensor::rand(0f32, 1.0, (1, 3, side, side), &Device::Cpu).unwrap()
     }
 
     fn chw(image: &Tensor) -> Vec<f32> {
         image.flatten_all().unwrap().to_vec1().unwrap()
     }
 
+    /// At a small side (one strip a band), an odd one (odd maps before each pooling) and
+    /// the real one (bands of several strips).
     #[test]
     fn the_plan_computes_what_the_candle_module_computes() {
-        let (model, _) = random_cnn();
-        let plan = SmallCnnPlan::new(&model).unwrap();
-        for _ in 0..3 {
-            let image = image();
+        for side in [SIDE, 47, INPUT_SIZE] {
+            let (model, _) = random_cnn(side);
+            let plan = SmallCnnPlan::new(&model).unwrap();
+            let image = image(side);
             let expected = model.forward(&image).unwrap().to_vec1::<f32>().unwrap()[0];
             for threads in 1..=3 {
-                let ours = plan.forward(&chw(&image), SIDE, SIDE, Threads(threads));
+                let ours = plan.forward(&chw(&image), side, side, Threads(threads));
                 let tolerance = 1e-4 * (1.0 + expected.abs());
                 assert!(
                     (ours - expected).abs() < tolerance,
@@ -225,7 +284,7 @@ mod tests {
     /// differs by the activations' quantization only.
     #[test]
     fn the_int8_plan_tracks_the_dequantized_module() {
-        let (model, varmap) = random_cnn();
+        let (model, varmap) = random_cnn(SIDE);
         let tensors = varmap.data().lock().unwrap().clone();
         let tensors = tensors
             .into_iter()
@@ -243,7 +302,7 @@ mod tests {
         let exact = SmallCnnPlan::new(&model).unwrap();
         let (mut error, mut scale, mut quantized) = (0f32, 0f32, 0f32);
         for case in 0..8 {
-            let image = image();
+            let image = image(SIDE);
             let expected = dequantized
                 .forward(&image)
                 .unwrap()
