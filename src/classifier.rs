@@ -252,31 +252,28 @@ impl Classifier {
             ),
         }
         let threads = self.threads();
-        let (_, height, width, images) = plan::images_chw(batch)?;
-        let mut logits = Vec::with_capacity(images.len());
-        let mut outputs = 0;
-        for image in &images {
-            let row = match &self.network {
-                Network::ResNet(net) => net.forward(image, height, width, threads),
-                Network::Head {
-                    backbone,
-                    kernel,
-                    bias,
-                } => {
-                    let features = backbone.features(image, height, width, threads);
-                    let logit: f32 = features.iter().zip(kernel).map(|(f, k)| f * k).sum();
-                    vec![0.0, logit + bias]
-                }
-                Network::SmallCnn(net) => vec![0.0, net.forward(image, height, width, threads)],
-            };
-            outputs = row.len();
-            logits.extend(row);
-        }
-        Ok(Tensor::from_vec(
-            logits,
-            (images.len(), outputs),
-            batch.device(),
-        )?)
+        let (images, _, height, width) = batch.dims4()?;
+        // The images as the batch holds them (no copy when it is contiguous f32).
+        let logits = plan::with_f32_values(batch, |values| {
+            let rows = values
+                .chunks_exact(3 * height * width)
+                .map(|image| match &self.network {
+                    Network::ResNet(net) => net.forward(image, height, width, threads),
+                    Network::Head {
+                        backbone,
+                        kernel,
+                        bias,
+                    } => {
+                        let features = backbone.features(image, height, width, threads);
+                        let logit: f32 = features.iter().zip(kernel).map(|(f, k)| f * k).sum();
+                        vec![0.0, logit + bias]
+                    }
+                    Network::SmallCnn(net) => vec![0.0, net.forward(image, height, width, threads)],
+                });
+            rows.flatten().collect::<Vec<f32>>()
+        })?;
+        let outputs = logits.len() / images.max(1);
+        Ok(Tensor::from_vec(logits, (images, outputs), batch.device())?)
     }
 
     /// Class probabilities for a preprocessed batch, `[n, classes]`.

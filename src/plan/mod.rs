@@ -7,7 +7,7 @@
 pub mod resnet;
 pub mod small_cnn;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::kernels::aligned::AlignedVec;
@@ -171,7 +171,7 @@ pub enum Epilogue<'a> {
 /// Calls `read` with a tensor's values in f32, borrowing them where the tensor is already
 /// contiguous f32 in memory (a weights file's tensors are): copying them was a third of
 /// the f32 start-up's page faults.
-fn with_f32_values<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub(crate) fn with_f32_values<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Result<R> {
     {
         let (storage, layout) = tensor.storage_and_layout();
         if let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
@@ -793,15 +793,6 @@ pub(crate) fn on_pool_thread<R: Send>(threads: Threads, pass: impl FnOnce() -> R
     } else {
         pass()
     }
-}
-
-/// Turns a `[n, c, h, w]` batch into one NHWC feature map per image.
-pub fn images_chw(batch: &Tensor) -> Result<(usize, usize, usize, Vec<Vec<f32>>)> {
-    let (n, c, h, w) = batch.dims4().context("expected a [n, c, h, w] batch")?;
-    let images = (0..n)
-        .map(|i| batch.get(i)?.flatten_all()?.to_vec1::<f32>())
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok((c, h, w, images))
 }
 
 #[cfg(test)]
