@@ -2,7 +2,8 @@
 # Side-by-side with the peers on this machine: `classify bench` (f32, int8) against ONNX
 # Runtime (fp32, int8 static QDQ), PyTorch (frozen TorchScript, f32) and tract (f32, one
 # thread: bench/tract, its own crate), all running our own weights, exported from the
-# safetensors. The venv it creates takes ~6 GB (PyPI's torch brings its CUDA libraries).
+# safetensors; then the dogs-vs-cats small CNN against ONNX Runtime (fp32, int8 static).
+# The venv it creates takes ~6 GB (PyPI's torch brings its CUDA libraries).
 # Interleaved round by round; medians and ratios go to bench/results/peers.md.
 #   bench/peers.sh [ROUNDS] [ITERS]
 set -euo pipefail
@@ -45,4 +46,32 @@ for round in $(seq "$ROUNDS"); do
     fi
   done
 done
-"$VENV/bin/python" bench/peers/table.py "$RAW" | tee bench/results/peers.md
+
+# The dogs-vs-cats small CNN against ONNX Runtime (int8 calibrated on training photos).
+[ -f "$WORK/catsdogs-cnn.onnx" ] ||
+  "$VENV/bin/python" bench/peers/export_cnn_onnx.py weights/catsdogs-cnn.safetensors \
+    "$WORK/catsdogs-cnn.onnx"
+[ -f "$WORK/catsdogs-cnn-int8.onnx" ] ||
+  "$VENV/bin/python" bench/peers/ort_quantize.py "$WORK/catsdogs-cnn.onnx" \
+    "$WORK/catsdogs-cnn-int8.onnx" "$SHARED/data/catsdogs/train" --squash 150
+RAW_CNN="$WORK/peers-cnn.jsonl"
+: > "$RAW_CNN"
+CNN_ITERS=$((ITERS * 10))
+for round in $(seq "$ROUNDS"); do
+  echo "small CNN round $round/$ROUNDS" >&2
+  for threads in 1 2; do
+    ./target/release/classify bench --model catsdogs-cnn --precision f32,int8 \
+      --threads "$threads" --iters "$CNN_ITERS" --format json >> "$RAW_CNN"
+    for precision in f32 int8; do
+      model="$WORK/catsdogs-cnn.onnx"
+      [ "$precision" = int8 ] && model="$WORK/catsdogs-cnn-int8.onnx"
+      "$VENV/bin/python" bench/peers/ort_bench.py "$model" --size 150 --threads "$threads" \
+        --iters "$CNN_ITERS" --name "onnxruntime $precision" >> "$RAW_CNN"
+    done
+  done
+done
+{
+  "$VENV/bin/python" bench/peers/table.py "$RAW" "ResNet-50, 224 x 224"
+  echo
+  "$VENV/bin/python" bench/peers/table.py "$RAW_CNN" "Dogs-vs-cats small CNN, 150 x 150"
+} | tee bench/results/peers.md

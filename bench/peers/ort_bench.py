@@ -1,5 +1,5 @@
 """ONNX Runtime peer of `classify bench`: one JSON line per run with the same fields.
-Usage: ort_bench.py MODEL.onnx --threads N --iters N [--name NAME] [--golden GOLDEN]"""
+Usage: ort_bench.py MODEL.onnx --threads N --iters N [--size 224] [--name NAME] [--golden GOLDEN]"""
 import argparse
 import time
 
@@ -12,6 +12,7 @@ parser.add_argument("model")
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--iters", type=int, default=20)
 parser.add_argument("--warmup", type=int, default=3)
+parser.add_argument("--size", type=int, default=224, help="the input's side")
 parser.add_argument("--name", default="onnxruntime")
 parser.add_argument("--golden", help="check logits against a golden safetensors file")
 args = parser.parse_args()
@@ -33,6 +34,6 @@ if args.golden:
         float(np.abs(session.run(None, {"input": golden[n + ".input"]})[0] - golden[n + ".logits"]).max())
         for n in names)
 
-x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size), dtype=np.float32)
 report(args.name, args.threads, lambda: session.run(None, {"input": x}), args.iters, args.warmup,
        load_s, max_diff)
