@@ -302,15 +302,11 @@ impl Conv2d {
         })
     }
 
-    /// Lays out a Keras-layout convolution (stride 1): `kernel` holds `shape`, `[k, k, in,
-    /// out]`, which is already the product's right-hand matrix.
-    pub fn from_keras(
-        kernel: &[f32],
-        shape: [usize; 4],
-        bias: &[f32],
-        padding: usize,
-    ) -> Result<Self> {
-        let layer = Self::keras_geometry(&shape, kernel.len(), bias, padding)?;
+    /// Lays out a Keras-layout convolution, stride 1 and no padding (Keras' "valid", which
+    /// the small CNN's strips assume): `kernel` holds `shape`, `[k, k, in, out]`, which is
+    /// already the product's right-hand matrix.
+    pub fn from_keras(kernel: &[f32], shape: [usize; 4], bias: &[f32]) -> Result<Self> {
+        let layer = Self::keras_geometry(&shape, kernel.len(), bias)?;
         let (rows, n) = (kernel.len() / layer.out_channels, layer.out_channels);
         let weights = F32Weights::from_row_major(kernel, rows, n, Layout::best());
         Ok(Self {
@@ -320,7 +316,7 @@ impl Conv2d {
     }
 
     /// The same from a stored int8 kernel, its scales per output channel (the last axis).
-    pub fn from_keras_int8(kernel: Int8Kernel, bias: &[f32], padding: usize) -> Result<Self> {
+    pub fn from_keras_int8(kernel: Int8Kernel, bias: &[f32]) -> Result<Self> {
         ensure!(
             kernel.axis == ChannelAxis::Last && kernel.scales.len() == *kernel.shape.last().unwrap_or(&0),
             "an int8 kernel of shape {:?} with {} scales along {:?}: a Keras kernel has one per output channel, last",
@@ -328,7 +324,7 @@ impl Conv2d {
             kernel.scales.len(),
             kernel.axis
         );
-        let layer = Self::keras_geometry(kernel.shape, kernel.values.len(), bias, padding)?;
+        let layer = Self::keras_geometry(kernel.shape, kernel.values.len(), bias)?;
         let (rows, n) = (kernel.values.len() / layer.out_channels, layer.out_channels);
         Ok(Self {
             weights: ConvWeights::Int8 {
@@ -340,11 +336,10 @@ impl Conv2d {
     }
 
     /// A layer of a `[k, k, in, out]` kernel (of `len` values) and its bias, and no weights yet.
-    fn keras_geometry(shape: &[usize], len: usize, bias: &[f32], padding: usize) -> Result<Self> {
+    fn keras_geometry(shape: &[usize], len: usize, bias: &[f32]) -> Result<Self> {
         let &[kh, kw, in_channels, out_channels] = shape else {
             anyhow::bail!("a Keras kernel is [k, k, in, out], got {shape:?}");
         };
-        ensure!(kh == kw, "square kernels only, got {kh}x{kw}");
         ensure!(
             len == shape.iter().product::<usize>() && len > 0,
             "a kernel of shape {shape:?} holding {len} values"
@@ -354,15 +349,7 @@ impl Conv2d {
             "a bias of {} for {out_channels} outputs",
             bias.len()
         );
-        Ok(Self {
-            in_channels,
-            out_channels,
-            kernel: kh,
-            stride: 1,
-            padding,
-            weights: ConvWeights::F32(F32Weights::zeros(0, 0, Layout::RowMajor)),
-            bias: bias.to_vec(),
-        })
+        Self::unweighted([out_channels, in_channels, kh, kw], 1, 0, bias.to_vec())
     }
 
     /// A layer with `conv`'s geometry and bias, and no weights yet.
@@ -373,17 +360,24 @@ impl Conv2d {
             "grouped or dilated convolutions are not planned"
         );
         let (out_channels, in_channels, kh, kw) = conv.weight().dims4()?;
-        ensure!(kh == kw, "square kernels only, got {kh}x{kw}");
         let bias = match conv.bias() {
             Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             None => vec![0.0; out_channels],
         };
+        let dims = [out_channels, in_channels, kh, kw];
+        Self::unweighted(dims, config.stride, config.padding, bias)
+    }
+
+    /// A layer of a square kernel (`[out, in, kh, kw]`) and its bias, weights laid out later.
+    fn unweighted(dims: [usize; 4], stride: usize, padding: usize, bias: Vec<f32>) -> Result<Self> {
+        let [out_channels, in_channels, kh, kw] = dims;
+        ensure!(kh == kw, "square kernels only, got {kh}x{kw}");
         Ok(Self {
             in_channels,
             out_channels,
             kernel: kh,
-            stride: config.stride,
-            padding: config.padding,
+            stride,
+            padding,
             weights: ConvWeights::F32(F32Weights::zeros(0, 0, Layout::RowMajor)),
             bias,
         })

@@ -190,8 +190,8 @@ impl Conv2d {
     }
 }
 
-/// Lays out the Keras layer `name` (kernel `tensor` seen as `shape`, `[k, k, in, out]`,
-/// no padding), at int8 when `int8` and the kernels are stored so.
+/// Lays out the Keras layer `name` (kernel `tensor` seen as `shape`, `[k, k, in, out]`),
+/// at int8 when `int8` and the kernels are stored so.
 fn layer(
     kernels: Kernels,
     name: &str,
@@ -202,9 +202,7 @@ fn layer(
 ) -> Result<Conv2d> {
     let bias = f32_vec(bias)?;
     let conv = match kernels {
-        Kernels::F32 => {
-            with_f32_values(tensor, |values| Conv2d::from_keras(values, shape, &bias, 0))?
-        }
+        Kernels::F32 => with_f32_values(tensor, |values| Conv2d::from_keras(values, shape, &bias))?,
         Kernels::Int8(weights) => {
             let stored = weights
                 .kernel(&format!("{name}.kernel"))
@@ -214,8 +212,8 @@ fn layer(
                 ..stored
             };
             match int8 {
-                true => Conv2d::from_keras_int8(stored, &bias, 0),
-                false => Conv2d::from_keras(&stored.dequantized(), shape, &bias, 0),
+                true => Conv2d::from_keras_int8(stored, &bias),
+                false => Conv2d::from_keras(&stored.dequantized(), shape, &bias),
             }
         }
     };
