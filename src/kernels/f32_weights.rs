@@ -156,8 +156,9 @@ impl F32Weights {
     /// of a convolution, read in place from its padded input `rows` rather than lowered
     /// first (3 x 3, stride 1: nine copies of every input value): ResNet-50's stem and its
     /// 3 x 3 layers of 56, 28 and 14 pixels square, the small CNN's convolutions. Row
-    /// tiles end where image rows do: a row whose width is no multiple of 14 ends in a
-    /// shorter one.
+    /// tiles end where image rows do (a row whose width is no multiple of 14 ends in a
+    /// shorter one), unless the rows continue into the next image row's
+    /// ([`PaddedRows::valid_in_place`]).
     pub fn run_padded(
         &self,
         first_pixel: usize,
@@ -406,10 +407,11 @@ mod x86 {
 
     /// The row tiles of a product, `(first row, rows)`: 14 rows each, except that a
     /// padded product's tiles end where image rows do (its rows lie a fixed step apart
-    /// only within one image row).
+    /// only within one image row, unless they continue into the next).
     fn row_tiles(m: usize, left: Left) -> Vec<(usize, usize)> {
         let row_end = |row: usize| match left {
             Left::Matrix { .. } => m,
+            Left::Padded { rows, .. } if rows.rows_continue() => m,
             Left::Padded { rows, first_pixel } => {
                 let x = (first_pixel + row) % rows.out_width;
                 (row + rows.out_width - x).min(m)
@@ -809,6 +811,62 @@ mod tests {
                 // Chunks of whole kernel rows end elsewhere than those of lowered rows.
                 let tolerance = 1e-5 * (1.0 + k as f32) * (1.0 + y.abs());
                 assert!((x - y).abs() <= tolerance, "case {case} at {i}: {x} vs {y}");
+            }
+        }
+    }
+
+    /// Valid windows read in place with their output rows as wide as the input's: tiles
+    /// run across image rows, and every pixel but the extra ones ending each row is the
+    /// lowered rows' product.
+    #[test]
+    fn valid_rows_in_place_run_across_image_rows() {
+        let weights = F32Weights::zeros(1, 1, Layout::best());
+        if !weights.runs_columns() {
+            return;
+        }
+        let mut rng = Lcg(32);
+        // (height, width, channels, kernel, n)
+        let cases = [
+            (7, 37, 5, 3, 40),
+            (9, 36, 32, 3, 64),
+            (4, 150, 3, 3, 32),
+            (6, 20, 17, 5, 33),
+            (4, 16, 512, 3, 32),
+            (3, 3, 2, 3, 16),
+        ];
+        for (case, &(height, width, channels, kernel, n)) in cases.iter().enumerate() {
+            let window = Window {
+                height,
+                width,
+                channels,
+                kernel,
+                stride: 1,
+                padding: 0,
+            };
+            let input = rng.vec(height * width * channels);
+            let k = window.patch_len();
+            let values = rng.vec(k * n);
+            let weights = F32Weights::from_row_major(&values, k, n, Layout::Panels);
+            let (out_height, out_width) = (window.out_height(), window.out_width());
+            let bias = rng.vec(n);
+            let finish = finish_of_case([1, 4][case % 2], &bias, &[]);
+            let mut lowered = vec![f32::NAN; window.rows() * k];
+            window.lower_rows(&input, 0, &mut lowered);
+            let mut expected = vec![0.0; window.rows() * n];
+            weights.run(window.rows(), &lowered, k, &mut expected, &finish);
+            let rows = PaddedRows::valid_in_place(&input, width, kernel, channels);
+            let pixels = (out_height - 1) * width + out_width;
+            let mut ours = vec![0.0; pixels * n];
+            weights.run_padded(0, pixels, &rows, &mut ours, &finish);
+            for (i, y) in expected.iter().enumerate() {
+                let (pixel, column) = (i / n, i % n);
+                let (row, x) = (pixel / out_width, pixel % out_width);
+                let ours = ours[(row * width + x) * n + column];
+                let tolerance = 1e-5 * (1.0 + k as f32) * (1.0 + y.abs());
+                assert!(
+                    (ours - y).abs() <= tolerance,
+                    "case {case} at {i}: {ours} vs {y}"
+                );
             }
         }
     }

@@ -25,7 +25,32 @@ pub struct PaddedRows<'a> {
     pub(crate) channels: usize,
 }
 
-impl PaddedRows<'_> {
+impl<'a> PaddedRows<'a> {
+    /// The rows of a valid (unpadded) stride-1 convolution, read in place from its input
+    /// `data` (image rows of `width` pixels) with no copy: its output pixels are counted
+    /// over the input's whole width, so that one image row's rows continue into the
+    /// next's at the same step and a kernel's tiles run across image rows. The last
+    /// `kernel - 1` pixels of each output row are windows that wrap around into the next
+    /// image row: extra pixels, which the caller ignores (and a last output row leaves
+    /// out, whose windows would read past `data`).
+    pub fn valid_in_place(data: &'a [f32], width: usize, kernel: usize, channels: usize) -> Self {
+        Self {
+            data,
+            first_row: 0,
+            out_width: width,
+            padded_width: width,
+            kernel,
+            stride: 1,
+            channels,
+        }
+    }
+
+    /// Whether one image row's output pixels continue into the next's at the same step
+    /// ([`Self::valid_in_place`]).
+    pub fn rows_continue(&self) -> bool {
+        self.stride == 1 && self.out_width == self.padded_width
+    }
+
     /// Values from one output pixel's row to the next one's in the same image row.
     pub fn pixel_step(&self) -> usize {
         self.stride * self.channels
