@@ -164,7 +164,7 @@ impl ResNetPlan {
     ) -> Vec<f32> {
         on_pool_thread(threads, || {
             self.arena.with(|ws| {
-                ws.shortcut.load_chw(chw, 3, height, width);
+                ws.shortcut.load_chw(chw, (3, height, width), threads);
                 self.stem.forward(
                     &ws.shortcut,
                     Epilogue::Relu,

@@ -122,7 +122,7 @@ impl SmallCnnPlan {
         );
         on_pool_thread(threads, || {
             self.arena.with(|ws| {
-                ws.x.load_chw(chw, 3, height, width);
+                ws.x.load_chw(chw, (3, height, width), threads);
                 for block in &self.blocks {
                     block.forward_pooled(&ws.x, &mut ws.pooled, &mut ws.bands, threads);
                     std::mem::swap(&mut ws.x, &mut ws.pooled);
