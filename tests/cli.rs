@@ -157,3 +157,41 @@ fn the_health_check_fails_cleanly_without_a_function() {
         "only the probes can be asked"
     );
 }
+
+/// Output piped into a reader that stops after one line (`classify predict ... | head -1`)
+/// ends the command by SIGPIPE, as other Unix tools end, not by a panic.
+#[cfg(unix)]
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let photos: Vec<_> = std::fs::read_dir(shared().join("data/imagenet-sample"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .take(40)
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_classify"))
+        .arg("predict")
+        .args(&photos)
+        .current_dir(crate::util::root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("predictions"), "{first}");
+    // The reading end is closed here, with most photos still to print.
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}",
+        output.status
+    );
+    assert!(stderr_of(&output).is_empty(), "{}", stderr_of(&output));
+}

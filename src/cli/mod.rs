@@ -57,6 +57,9 @@ pub const EXIT_ERROR: u8 = 2;
 /// Parses the process arguments, runs the command and reports any error.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if !matches!(args.command, Command::Serve(_)) {
+        end_quietly_on_closed_pipe();
+    }
     if matches!(args.command, Command::Train(_)) {
         crate::memory::configure_allocator_for_training();
     } else {
@@ -94,6 +97,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Eval(eval) => eval::run(&manifest()?, eval),
         Command::Quantize(quantize) => quantize::run(&manifest()?, quantize),
         Command::Healthcheck(check) => Ok(healthcheck::run(check)),
+    }
+}
+
+/// A one-shot command whose output is piped into a reader that stops early (`| head`)
+/// ends as other Unix tools do, by SIGPIPE, rather than panicking in `println!` (Rust
+/// ignores the signal, so the write fails). Not for `serve`: a client that hangs up
+/// must cost its request, not the server.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
