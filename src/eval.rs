@@ -1,14 +1,16 @@
 //! Evaluation on labelled folders (`DIR/<class>/*`, classes named as the model's labels):
-//! accuracy, per-class precision and recall, the confusion matrix and throughput.
+//! accuracy, per-class precision and recall, the confusion matrix and throughput; and the
+//! agreement of two models (int8 and f32) on any folder of photos.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::classifier::{Classifier, ClassifyOptions};
+use crate::preprocess;
 
 /// Precision and recall of one class.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -210,4 +212,124 @@ impl EvalReport {
         }
         out
     }
+}
+
+/// How a model's answers compare with a reference model's (int8 with f32) on photos.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
+    /// Photos both models classified.
+    pub photos: usize,
+    /// Photos whose top-1 class is the same.
+    pub agreeing: usize,
+    /// The largest change of the reference's top-1 probability, 0 to 1.
+    pub largest_change: f32,
+    /// Files that could not be classified (not counted in `photos`), with the reason.
+    pub unreadable: Vec<String>,
+}
+
+impl Agreement {
+    /// The share of photos whose top-1 class is the same.
+    pub fn share(&self) -> f64 {
+        self.agreeing as f64 / self.photos.max(1) as f64
+    }
+}
+
+/// Classifies every photo under `dir` (and its subfolders) with both models, which take
+/// the same input, and compares their top-1 classes.
+pub fn agreement(reference: &Classifier, other: &Classifier, dir: &Path) -> Result<Agreement> {
+    let spec = &reference.spec().input;
+    ensure_same_input(reference, other)?;
+    let mut files = Vec::new();
+    list_files(dir, &mut files)?;
+    let mut report = Agreement {
+        photos: 0,
+        agreeing: 0,
+        largest_change: 0.0,
+        unreadable: Vec::new(),
+    };
+    // A batch at a time: decoding is the slow part on one thread, and both models then
+    // read the same tensors.
+    for chunk in files.chunks(16) {
+        let mut inputs = Vec::with_capacity(chunk.len());
+        for file in chunk {
+            let input = std::fs::read(file)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| {
+                    Ok(preprocess::prepare(
+                        &bytes,
+                        spec,
+                        None,
+                        preprocess::DEFAULT_MAX_PIXELS,
+                    )?)
+                });
+            match input {
+                Ok(input) => inputs.push(input),
+                Err(error) => report
+                    .unreadable
+                    .push(format!("{}: {error:#}", file.display())),
+            }
+        }
+        if inputs.is_empty() {
+            continue;
+        }
+        let expected = reference.probability_rows(&inputs)?;
+        let answers = other.probability_rows(&inputs)?;
+        for (expected, answer) in expected.iter().zip(&answers) {
+            let top = top_class(expected);
+            report.photos += 1;
+            report.agreeing += usize::from(top_class(answer) == top);
+            let change = (expected[top] - answer[top]).abs();
+            report.largest_change = report.largest_change.max(change);
+        }
+    }
+    if report.photos == 0 {
+        bail!(
+            "no photo under {} could be classified ({} files)",
+            dir.display(),
+            files.len()
+        );
+    }
+    Ok(report)
+}
+
+fn ensure_same_input(reference: &Classifier, other: &Classifier) -> Result<()> {
+    let (a, b) = (&reference.spec().input, &other.spec().input);
+    if a != b {
+        bail!(
+            "the models {:?} and {:?} take different inputs",
+            reference.name(),
+            other.name()
+        );
+    }
+    Ok(())
+}
+
+/// The index of the largest value (the first of equals).
+fn top_class(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &value) in row.iter().enumerate() {
+        if value > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Every file under `dir`, subfolders included, sorted.
+fn list_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
+    let mut paths: Vec<_> = entries
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            list_files(&path, files)?;
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
 }

@@ -229,6 +229,11 @@ impl Int8Weights {
         &self.metadata
     }
 
+    /// Adds (or replaces) a `__metadata__` entry.
+    pub fn set_metadata(&mut self, key: &str, value: String) {
+        self.metadata.insert(key.to_string(), value);
+    }
+
     /// A metadata value, or an error naming the key.
     pub fn require(&self, key: &str) -> Result<&str> {
         self.metadata
