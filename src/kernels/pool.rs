@@ -228,6 +228,16 @@ mod tests {
                 ours[expected.len()..].iter().all(|v| v.is_nan()),
                 "{window:?}"
             );
+            // The portable loop too, where the call above took the AVX-512 one.
+            let mut portable = vec![f32::NAN; expected.len()];
+            max_pool_2x2_rows(
+                &wide,
+                row_pixels * channels,
+                channels,
+                shape.1,
+                &mut portable,
+            );
+            assert_eq!(portable, expected, "{window:?}, {extra} extra, portable");
         }
     }
 
