@@ -315,17 +315,18 @@ fn top_class(row: &[f32]) -> usize {
     best
 }
 
-/// Every file under `dir`, subfolders included, sorted.
+/// Every file under `dir`, subfolders included (not those reached by a symbolic link,
+/// which may loop), sorted.
 fn list_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the folder {}", dir.display()))?;
     let mut paths: Vec<_> = entries
-        .map(|e| e.map(|e| e.path()))
+        .map(|e| e.and_then(|e| Ok((e.path(), e.file_type()?.is_dir()))))
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("cannot list {}", dir.display()))?;
     paths.sort();
-    for path in paths {
-        if path.is_dir() {
+    for (path, is_folder) in paths {
+        if is_folder {
             list_files(&path, files)?;
         } else if path.is_file() {
             files.push(path);
