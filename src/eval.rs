@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::classifier::{Classifier, ClassifyOptions};
-use crate::preprocess;
+use crate::{predictions, preprocess};
 
 /// Precision and recall of one class.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -275,9 +275,9 @@ pub fn agreement(reference: &Classifier, other: &Classifier, dir: &Path) -> Resu
         let expected = reference.probability_rows(&inputs)?;
         let answers = other.probability_rows(&inputs)?;
         for (expected, answer) in expected.iter().zip(&answers) {
-            let top = top_class(expected);
+            let top = top_class(expected, reference);
             report.photos += 1;
-            report.agreeing += usize::from(top_class(answer) == top);
+            report.agreeing += usize::from(top_class(answer, other) == top);
             let change = (expected[top] - answer[top]).abs();
             report.largest_change = report.largest_change.max(change);
         }
@@ -304,15 +304,9 @@ fn ensure_same_input(reference: &Classifier, other: &Classifier) -> Result<()> {
     Ok(())
 }
 
-/// The index of the largest value (the first of equals).
-fn top_class(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &value) in row.iter().enumerate() {
-        if value > row[best] {
-            best = i;
-        }
-    }
-    best
+/// The top-1 class of a probability row, ranked as the model's answers rank it.
+fn top_class(row: &[f32], model: &Classifier) -> usize {
+    predictions::top_k(row, model.labels(), 1)[0].index
 }
 
 /// Every file under `dir`, subfolders included (not those reached by a symbolic link,

@@ -45,6 +45,13 @@ impl<'a> PaddedRows<'a> {
         }
     }
 
+    /// The output pixels of [`Self::valid_in_place`] rows for `out_rows` output rows:
+    /// every row as wide as the input's but the last, whose wrapping windows would read
+    /// past `data`.
+    pub fn valid_pixels(&self, out_rows: usize) -> usize {
+        (out_rows * self.out_width + 1).saturating_sub(self.kernel)
+    }
+
     /// Whether one image row's output pixels continue into the next's at the same step
     /// ([`Self::valid_in_place`]).
     pub fn rows_continue(&self) -> bool {

@@ -65,12 +65,23 @@ pub enum Start<'a> {
     },
 }
 
-impl Finish<'_> {
+impl<'a> Finish<'a> {
     /// `c += a * b`.
     pub const ACCUMULATE: Finish<'static> = Finish {
         start: Start::Output,
         relu: false,
     };
+
+    /// Sums added to `bias` (one per column), then the ReLU if `relu`.
+    pub fn from_bias(bias: &'a [f32], relu: bool) -> Self {
+        Finish {
+            start: Start::Bias {
+                bias,
+                shortcut: None,
+            },
+            relu,
+        }
+    }
 
     /// Checks the start's shapes against `c`, rows of `n`.
     pub fn check(&self, c: &[f32], n: usize) {

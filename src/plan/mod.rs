@@ -751,13 +751,7 @@ impl Dense {
     pub fn forward(&self, input: &[f32], threads: Threads) -> Vec<f32> {
         assert_eq!(input.len(), self.inputs, "dense input length");
         let mut out = vec![0.0; self.outputs];
-        let finish = Finish {
-            start: Start::Bias {
-                bias: &self.bias,
-                shortcut: None,
-            },
-            relu: false,
-        };
+        let finish = Finish::from_bias(&self.bias, false);
         if threads.get() > 1 && self.weights.runs_columns() {
             let parts = threads.get();
             run_by_columns(

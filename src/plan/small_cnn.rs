@@ -14,7 +14,7 @@ use super::{
 };
 use crate::kernels::f32_weights::F32Weights;
 use crate::kernels::im2col::PaddedRows;
-use crate::kernels::{for_each_band, pool, Finish, Start, Threads};
+use crate::kernels::{for_each_band, pool, Finish, Threads};
 use crate::models::layers::ConvReluPool;
 use crate::models::small_cnn::{SmallCnn, CONV_BLOCKS, DENSE_LAYERS};
 use crate::weights::int8::{Int8Kernel, Int8Weights};
@@ -212,17 +212,16 @@ impl Conv2d {
     ) -> &'a [f32] {
         let (width, n) = (strip.width, self.out_channels);
         let in_place = PaddedRows::valid_in_place(strip.data, width, self.kernel, strip.channels);
-        let pixels = (rows - 1) * width + width + 1 - self.kernel;
+        let pixels = in_place.valid_pixels(rows);
         rectified.reset(rows, width, n);
         let out = &mut rectified.data_mut()[..pixels * n];
-        let finish = Finish {
-            start: Start::Bias {
-                bias: &self.bias,
-                shortcut: None,
-            },
-            relu: true,
-        };
-        weights.run_padded(0, pixels, &in_place, out, &finish);
+        weights.run_padded(
+            0,
+            pixels,
+            &in_place,
+            out,
+            &Finish::from_bias(&self.bias, true),
+        );
         out
     }
 }
