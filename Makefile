@@ -114,7 +114,7 @@ images: stage
 test-images: images
 	IMAGE=$(IMAGE) VERSION=$(VERSION) deploy/test-images.py $(ARCHES)
 
-# CPU model -> the int8 kernels it must offer and lack (a detection that silently fell
+# CPU model -> the kernel levels it must offer and lack (a detection that silently fell
 # back would otherwise test the portable kernel three times). `max` is the only model with
 # the int8 matrix multiply (i8mm: Neoverse V1/N2 servers, no Pi); `cortex-a15-noneon`, a
 # Cortex-A15 without NEON (Tegra 2-like), runs the portable fallbacks.
@@ -145,7 +145,7 @@ ARM_INTEGRATION := reference::logits_match_the_golden_vectors quantize::the_int8
 # $(1) target triple, $(2) its cargo test command, $(3) qemu, $(4) sysroot, $(5) CPU.
 define arm_test
 	@echo "== $(1) on $(5)"
-	EDGE_EXPECT_INT8_KERNELS=$(EXPECT_$(5)) EDGE_ABSENT_INT8_KERNELS=$(ABSENT_$(5)) \
+	EDGE_EXPECT_KERNELS=$(EXPECT_$(5)) EDGE_ABSENT_KERNELS=$(ABSENT_$(5)) \
 	CARGO_TARGET_$(call runner_var,$(1))_RUNNER="$(3) -L $(4) -cpu $(or $(QEMU_CPU_$(5)),$(5))" \
 		sh -c '$(2) --lib -q $(if $(UNIT_ONLY_$(5)),,&& $(2) --test tests -q -- $(ARM_INTEGRATION))'
 

@@ -63,7 +63,7 @@ per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
         for precision in f32 int8; do
             run "$qemu" "$cpu" "$binary" "$precision" 1
             one=$(instructions)
-            kernel=$(sed -n 's/.*int8 kernel kernel="\{0,1\}\([a-z0-9-]*\).*/\1/p' "$log" | head -n 1)
+            kernel=$(sed -n 's/.* kernels .*int8="\{0,1\}\([a-z0-9-]*\).*/\1/p' "$log" | head -n 1)
             [ -n "$kernel" ] || kernel="-"
             run "$qemu" "$cpu" "$binary" "$precision" 3
             three=$(instructions)

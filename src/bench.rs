@@ -33,6 +33,10 @@ pub struct BenchResult {
     pub images_per_s: f64,
     pub load_s: f64,
     pub peak_rss_mb: f64,
+    /// The kernel table's level (`EDGE_KERNELS` forces one).
+    pub kernel_level: &'static str,
+    /// The kernel that ran each operation.
+    pub kernels: std::collections::BTreeMap<&'static str, &'static str>,
 }
 
 pub struct BenchOptions {
@@ -115,6 +119,8 @@ pub fn run(model: &Arc<Classifier>, image: &[u8], options: &BenchOptions) -> Res
         images_per_s,
         load_s: model.load_seconds(),
         peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
+        kernel_level: crate::kernels::table().level,
+        kernels: crate::kernels::table().entries().into_iter().collect(),
     })
 }
 

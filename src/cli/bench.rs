@@ -67,8 +67,15 @@ pub fn run(manifest: &Manifest, args: BenchArgs) -> Result<ExitCode> {
         threads = if cores > 1 { vec![1, cores] } else { vec![1] };
     }
     if args.format == Format::Table {
+        let kernels = crate::kernels::table();
+        let entries: Vec<String> = kernels
+            .entries()
+            .iter()
+            .map(|(op, kernel)| format!("{op} {kernel}"))
+            .collect();
+        println!("kernels ({}): {}", kernels.level, entries.join(", "));
         println!(
-            "{:<10} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>8}",
+            "{:<10} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>8}  kernel",
             "model",
             "precision",
             "threads",
@@ -97,7 +104,7 @@ pub fn run(manifest: &Manifest, args: BenchArgs) -> Result<ExitCode> {
                 match args.format {
                 Format::Json => println!("{}", serde_json::to_string(&result)?),
                 Format::Table => println!(
-                    "{:<10} {:>9} {:>7} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>10.2} {:>7.2} {:>8.0}",
+                    "{:<10} {:>9} {:>7} {:>11} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>10.2} {:>7.2} {:>8.0}  {}",
                     result.model,
                     result.precision,
                     result.threads,
@@ -108,7 +115,8 @@ pub fn run(manifest: &Manifest, args: BenchArgs) -> Result<ExitCode> {
                     result.forward_per_s,
                     result.images_per_s,
                     result.load_s,
-                    result.peak_rss_mb
+                    result.peak_rss_mb,
+                    result.kernels[result.precision]
                 ),
             }
             }

@@ -86,6 +86,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let manifest_path = args.manifest.unwrap_or_else(default_manifest_path);
     // Loaded by the commands that use models; the health check only asks the function.
     let manifest = || Manifest::load(&manifest_path);
+    if !matches!(args.command, Command::Healthcheck(_)) {
+        // A bad EDGE_KERNELS stops every command that computes, before any work.
+        crate::kernels::table::select()?;
+    }
     match args.command {
         Command::Serve(settings) => {
             crate::server::serve(&manifest()?, settings)?;

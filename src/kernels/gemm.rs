@@ -130,25 +130,6 @@ impl MatMul<'_> {
         assert!(c.len() >= self.m * self.n, "c too short");
     }
 
-    /// `c += a * b` through the `gemm` crate (run-time selected SIMD microkernels), or on
-    /// ARM with NEON through our own tiles (the crate is scalar on armv7, and packs both
-    /// operands on aarch64).
-    pub fn accumulate(&self, c: &mut [f32], threads: Threads) {
-        self.check(c);
-        #[cfg(any(target_arch = "arm", target_arch = "aarch64"))]
-        if tiled::available() {
-            return tiled::accumulate(self, c, threads);
-        }
-        let a = View {
-            data: self.a,
-            rows: self.m,
-            cols: self.k,
-            row_stride: self.lda,
-            col_stride: 1,
-        };
-        product(a, View::row_major(self.b, self.k, self.n), c, true, threads);
-    }
-
     /// The portable reference: a plain triple loop.
     pub fn accumulate_reference(&self, c: &mut [f32]) {
         self.check(c);
@@ -169,7 +150,7 @@ impl MatMul<'_> {
 /// caches. The `gemm` crate is scalar on armv7 and packs both operands on aarch64; here
 /// the activations are read in place and the row-major weights with a stride.
 #[cfg(any(target_arch = "arm", target_arch = "aarch64"))]
-mod tiled {
+pub(crate) mod tiled {
     use rayon::prelude::*;
 
     use super::MatMul;
@@ -179,33 +160,24 @@ mod tiled {
     /// and operands; 8 x 8 takes 26 of aarch64's 32 (16 accumulators, 8 rows' values,
     /// 2 of weights).
     #[cfg(target_arch = "arm")]
-    const ROWS: usize = 4;
+    pub(crate) const ROWS: usize = 4;
     #[cfg(target_arch = "aarch64")]
-    const ROWS: usize = 8;
+    pub(crate) const ROWS: usize = 8;
     const COLS: usize = 8;
     /// A block of `a` (64 rows x 256 k, 64 KB) stays in L2 while every column panel
     /// passes over it; one panel's share of `b` (256 x 8, 8 KB) stays in L1.
     const BLOCK_ROWS: usize = 64;
     const BLOCK_DEPTH: usize = 256;
 
-    /// Whether the tiles run on this CPU: NEON is optional on armv7 (HWCAP), mandatory on
-    /// aarch64.
-    pub fn available() -> bool {
-        #[cfg(target_arch = "arm")]
-        return crate::kernels::armv7::has_neon();
-        #[cfg(target_arch = "aarch64")]
-        return true;
-    }
-
     /// One tile's operands, strides in elements.
     #[derive(Clone, Copy)]
-    struct Operands {
-        k: usize,
-        a: [*const f32; ROWS],
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
+    pub(crate) struct Operands {
+        pub k: usize,
+        pub a: [*const f32; ROWS],
+        pub b: *const f32,
+        pub ldb: usize,
+        pub c: *mut f32,
+        pub ldc: usize,
     }
 
     /// Whether [`tile`] writes a tile of `rows` rows straight into `c`: armv7's one 4 x 8
@@ -220,13 +192,13 @@ mod tiled {
     /// rows, see [`writes_in_place`]).
     ///
     /// # Safety
-    /// NEON is [`available`]; each `a[r]` holds `k` floats (a short tile repeats its last
+    /// The CPU has NEON (the table lists the kernel); each `a[r]` holds `k` floats (a short tile repeats its last
     /// row), `b` `k` rows of eight `ldb` apart, `c` the rows written, eight `ldc` apart.
     unsafe fn tile(rows: usize, t: Operands) {
         #[cfg(target_arch = "arm")]
         {
             let _ = rows;
-            crate::kernels::armv7::sgemm_4x8(&crate::kernels::armv7::F32Tile {
+            crate::kernels::arm::sgemm_4x8(&crate::kernels::arm::F32Tile {
                 k: t.k,
                 a: t.a,
                 b: t.b,
@@ -236,65 +208,18 @@ mod tiled {
             });
         }
         #[cfg(target_arch = "aarch64")]
-        match rows {
-            1 => tile_rows::<1>(t),
-            2 => tile_rows::<2>(t),
-            3 => tile_rows::<3>(t),
-            4 => tile_rows::<4>(t),
-            5 => tile_rows::<5>(t),
-            6 => tile_rows::<6>(t),
-            7 => tile_rows::<7>(t),
-            _ => tile_rows::<8>(t),
-        }
-    }
-
-    /// `c[R x 8] += a[R x k] * b[k x 8]` (the first `R` of `a`), strides in elements: 2R
-    /// accumulators, the rows' values four k at a time, `fmla` by lane.
-    ///
-    /// # Safety
-    /// As [`tile`], with `R` rows.
-    #[cfg(target_arch = "aarch64")]
-    #[inline(always)]
-    unsafe fn tile_rows<const R: usize>(t: Operands) {
-        use std::arch::aarch64::*;
-        let Operands {
-            k,
-            mut b,
-            ldb,
-            c,
-            ldc,
-            ..
-        } = t;
-        let mut acc = [[vdupq_n_f32(0.0); 2]; R];
-        let mut a: [*const f32; R] = crate::kernels::unrolled(|r| t.a[r]);
-        // One k: its eight weights times lane `$lane` of each row's values.
-        macro_rules! step {
-            ($values:ident, $lane:literal) => {{
-                let (low, high) = (vld1q_f32(b), vld1q_f32(b.add(4)));
-                b = b.add(ldb);
-                for (acc, values) in acc.iter_mut().zip(&$values) {
-                    acc[0] = vfmaq_laneq_f32::<$lane>(acc[0], low, *values);
-                    acc[1] = vfmaq_laneq_f32::<$lane>(acc[1], high, *values);
-                }
-            }};
-        }
-        for _ in 0..k / 4 {
-            let values: [float32x4_t; R] = crate::kernels::unrolled(|r| vld1q_f32(a[r]));
-            step!(values, 0);
-            step!(values, 1);
-            step!(values, 2);
-            step!(values, 3);
-            a = a.map(|row| row.add(4));
-        }
-        for _ in 0..k % 4 {
-            let values: [float32x4_t; R] = crate::kernels::unrolled(|r| vld1q_dup_f32(a[r]));
-            step!(values, 0);
-            a = a.map(|row| row.add(1));
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            let c = c.add(r * ldc);
-            vst1q_f32(c, vaddq_f32(vld1q_f32(c), acc[0]));
-            vst1q_f32(c.add(4), vaddq_f32(vld1q_f32(c.add(4)), acc[1]));
+        {
+            use crate::kernels::aarch64::sgemm::tile_rows;
+            match rows {
+                1 => tile_rows::<1>(t),
+                2 => tile_rows::<2>(t),
+                3 => tile_rows::<3>(t),
+                4 => tile_rows::<4>(t),
+                5 => tile_rows::<5>(t),
+                6 => tile_rows::<6>(t),
+                7 => tile_rows::<7>(t),
+                _ => tile_rows::<8>(t),
+            }
         }
     }
 
@@ -361,7 +286,7 @@ mod tiled {
                             ldc: n,
                         };
                         if cols == COLS && writes_in_place(rows) {
-                            // SAFETY: NEON was checked by the caller; the rows hold
+                            // SAFETY: the table lists the kernel for this CPU (NEON); the rows hold
                             // `depth + depth_len <= k` floats (`MatMul::check`), `b` has
                             // `depth_len` rows of 8 from `col` (`col + 8 <= n`), and `c`
                             // `rows` rows of 8 from `col`.
@@ -423,17 +348,34 @@ pub(crate) mod tests {
             lda,
             b: &b,
         };
-        let mut fast = init.clone();
-        product.accumulate(&mut fast, Threads(threads));
-        let mut reference = init;
+        let mut reference = init.clone();
         product.accumulate_reference(&mut reference);
-        for (i, (x, y)) in fast.iter().zip(&reference).enumerate() {
-            let tolerance = 1e-5 * (k as f32 + 1.0);
-            assert!(
-                (x - y).abs() <= tolerance,
-                "m={m} n={n} k={k} lda={lda}: element {i}: {x} vs {y}"
-            );
+        for (name, accumulate) in row_major_kernels() {
+            let mut fast = init.clone();
+            accumulate(&product, &mut fast, Threads(threads));
+            for (i, (x, y)) in fast.iter().zip(&reference).enumerate() {
+                let tolerance = 1e-5 * (k as f32 + 1.0);
+                assert!(
+                    (x - y).abs() <= tolerance,
+                    "{name}: m={m} n={n} k={k} lda={lda}: element {i}: {x} vs {y}"
+                );
+            }
         }
+    }
+
+    /// The row-major f32 kernels this CPU runs (the panel kernels are tested in
+    /// `f32_weights`).
+    type Accumulate = fn(&MatMul, &mut [f32], Threads);
+
+    fn row_major_kernels() -> Vec<(&'static str, Accumulate)> {
+        let variants = crate::kernels::table::variants("f32", |k| k.f32, |k| k.name);
+        let row_major = variants.iter().filter_map(|kernel| match kernel.run {
+            crate::kernels::f32_weights::F32Run::RowMajor(run) => Some((kernel.name, run)),
+            crate::kernels::f32_weights::F32Run::Panels(_) => None,
+        });
+        let kernels: Vec<_> = row_major.collect();
+        assert!(!kernels.is_empty(), "the portable level's is row-major");
+        kernels
     }
 
     #[test]
@@ -467,8 +409,10 @@ pub(crate) mod tests {
             lda: 0,
             b: &[],
         };
-        product.accumulate(&mut c, Threads::ONE);
-        assert_eq!(c, vec![3.0; 6]);
+        for (name, accumulate) in row_major_kernels() {
+            accumulate(&product, &mut c, Threads::ONE);
+            assert_eq!(c, vec![3.0; 6], "{name}");
+        }
     }
 
     /// Transposed views (the gradients of a product) and overwrite vs accumulate.

@@ -1,13 +1,14 @@
 //! CPU kernels of the inference plan ([`crate::plan`]): matrix products, im2col, pooling,
 //! and how a layer's bands share the pool's threads (`for_each_band`).
 //!
-//! Every operation has a portable reference next to the fast path that is actually
-//! called, and the tests compare the two on random and odd shapes. On x86 without
-//! AVX-512 the f32 matrix product goes through the `gemm` crate (AVX2/FMA microkernels
-//! chosen at run time); our own kernels live here only where no crate is fast enough:
-//! int8 everywhere, f32 convolutions on x86 with AVX-512 (`f32_weights`: weights packed
-//! once, the bias, shortcut and ReLU in the stores), and f32 on ARM (the crate is scalar
-//! on armv7 and packs both operands in every call on aarch64; `armv7` holds the assembly).
+//! The layout is tract-linalg's: the operations' drivers here (`f32_weights`, `gemm`,
+//! `qgemm`, `quantize`, `pool`, `im2col`), one folder per instruction set with the
+//! kernels for it (`x86_64/`, `aarch64/`, `arm/`; `portable/` for every CPU, and the
+//! references the tests compare every kernel with), and one table ([`table`]) that says
+//! which kernel runs each operation on this CPU, chosen once per process. Our own kernels
+//! live here only where no crate is fast enough: int8 everywhere, f32 on x86 (weights
+//! packed once, the bias, shortcut and ReLU in the stores) and f32 on ARM (the `gemm`
+//! crate is scalar on armv7 and packs both operands in every call on aarch64).
 
 /// Row tiles: as many rows as the registers hold, then smaller tiles for the rest.
 #[cfg_attr(
@@ -35,15 +36,23 @@ macro_rules! for_row_tiles {
     }};
 }
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod aligned;
 #[cfg(target_arch = "arm")]
-pub mod armv7;
+pub mod arm;
 pub mod f32_weights;
 pub mod gemm;
 pub mod im2col;
 pub mod pool;
+pub mod portable;
 pub mod qgemm;
 pub mod quantize;
+pub mod table;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+pub use table::{table, Kernels};
 
 /// How a product's sums land in its output `c`.
 #[derive(Debug, Clone, Copy)]

@@ -1,6 +1,7 @@
 //! Pooling over NHWC activations.
 
 use super::im2col::Window;
+use super::table::table;
 use super::{for_each_band, Threads};
 
 /// Max pooling; padded positions are ignored (as if they held -inf). With several
@@ -59,50 +60,16 @@ pub fn max_pool_2x2(
     };
     assert!(input.len() >= reads, "input rows for every pooled row");
     let out = &mut out[..out_height * out_width * channels];
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present.
-        return unsafe { max_pool_2x2_avx512(input, row, channels, out_width, out) };
-    }
-    max_pool_2x2_rows(input, row, channels, out_width, out);
+    (table().pool.max_pool_2x2)(input, row, channels, out_width, out);
 }
 
-/// [`max_pool_2x2_rows`] compiled for AVX-512 (16 lanes a vector where the baseline has 4).
-///
-/// # Safety
-/// AVX-512F is present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_pool_2x2_avx512(
-    input: &[f32],
-    row: usize,
-    channels: usize,
-    out_width: usize,
-    out: &mut [f32],
-) {
-    max_pool_2x2_rows(input, row, channels, out_width, out);
-}
-
-#[inline(always)]
-fn max_pool_2x2_rows(input: &[f32], row: usize, c: usize, out_width: usize, out: &mut [f32]) {
-    if c == 0 || out_width == 0 {
-        return;
-    }
-    for (y, out_row) in out.chunks_exact_mut(out_width * c).enumerate() {
-        let top = &input[2 * y * row..][..2 * out_width * c];
-        let bottom = &input[(2 * y + 1) * row..][..2 * out_width * c];
-        let pairs = top.chunks_exact(2 * c).zip(bottom.chunks_exact(2 * c));
-        for (dst, (top, bottom)) in out_row.chunks_exact_mut(c).zip(pairs) {
-            let (top_left, top_right) = top.split_at(c);
-            let (bottom_left, bottom_right) = bottom.split_at(c);
-            // Zipped, not indexed: the indexes' bounds checks kept it from vectorizing.
-            let upper = top_left.iter().zip(top_right);
-            let lower = bottom_left.iter().zip(bottom_right);
-            for (d, ((&a, &b), (&c, &e))) in dst.iter_mut().zip(upper.zip(lower)) {
-                *d = larger(larger(a, b), larger(c, e));
-            }
-        }
-    }
+/// One build of the 2 x 2 pooling loop.
+#[derive(Debug)]
+pub struct PoolKernel {
+    pub name: &'static str,
+    /// `(input, row, channels, out_width, out)`: `out`'s rows pooled from pairs of input
+    /// rows `row` values apart (the caller checked the bounds).
+    pub max_pool_2x2: fn(&[f32], usize, usize, usize, &mut [f32]),
 }
 
 /// Mean over all pixels of an NHWC image, one value per channel.
@@ -185,6 +152,7 @@ mod tests {
     /// wider (extra pixels at the ends, which it must not read into its output).
     #[test]
     fn max_pool_2x2_matches_the_window_pooling() {
+        let kernels = crate::kernels::table::variants("pool", |k| k.pool, |k| k.name);
         let mut rng = Lcg(8);
         for case in 0..40 {
             let (height, width) = (2 + rng.below(9), 2 + rng.below(9));
@@ -228,16 +196,17 @@ mod tests {
                 ours[expected.len()..].iter().all(|v| v.is_nan()),
                 "{window:?}"
             );
-            // The portable loop too, where the call above took the AVX-512 one.
-            let mut portable = vec![f32::NAN; expected.len()];
-            max_pool_2x2_rows(
-                &wide,
-                row_pixels * channels,
-                channels,
-                shape.1,
-                &mut portable,
-            );
-            assert_eq!(portable, expected, "{window:?}, {extra} extra, portable");
+            // Every kernel this CPU runs, not only the table's.
+            for kernel in &kernels {
+                let mut direct = vec![f32::NAN; expected.len()];
+                let row = row_pixels * channels;
+                (kernel.max_pool_2x2)(&wide, row, channels, shape.1, &mut direct);
+                assert_eq!(
+                    direct, expected,
+                    "{window:?}, {extra} extra, {}",
+                    kernel.name
+                );
+            }
         }
     }
 

@@ -1,31 +1,32 @@
 //! Activation quantization: the largest value of a feature map, and f32 -> u8 with one
-//! scale. Plain loops, compiled for the baseline CPU and, chosen at run time, with AVX2 or
-//! AVX-512 enabled so the compiler vectorizes them (the baseline SSE2 build converts one
-//! value at a time and took a fifth of an int8 forward pass; AVX-512 took 41 % less time
-//! than AVX2 relative to the int8 product on Zen 4). On 32-bit ARM with NEON the
-//! conversion is an assembly loop (`armv7`), since Rust cannot vectorize for NEON there.
+//! scale. The kernels are plain loops (`portable/`), compiled again with AVX2 or AVX-512
+//! enabled so the compiler vectorizes them (`x86_64/`: the baseline SSE2 build converts
+//! one value at a time and took a fifth of an int8 forward pass; AVX-512 took 41 % less
+//! time than AVX2 relative to the int8 product on Zen 4), and on 32-bit ARM with NEON an
+//! assembly loop (`arm/`), since Rust cannot vectorize for NEON there.
 
-use super::pool::larger;
+use super::table::table;
+
+/// One build of the two loops.
+#[derive(Debug)]
+pub struct QuantizeKernel {
+    pub name: &'static str,
+    /// The largest value, or 0 when none is positive.
+    pub max_value: fn(&[f32]) -> f32,
+    /// `out[i] = round(values[i] * inverse_scale)` clamped to `0..=max` (equal lengths).
+    pub quantize: fn(&[f32], f32, u8, &mut [u8]),
+}
 
 /// The largest value, or 0 when none is positive.
 pub fn max_value(values: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512 F and BW.
-        return unsafe { max_value_avx512(values) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { max_value_avx2(values) };
-    }
-    max_value_portable(values)
+    (table().quantize.max_value)(values)
 }
 
 /// The largest value of each run of `run` values (0 when none is positive): one per
 /// pixel of an NHWC feature map.
 pub fn maxima(values: &[f32], run: usize, out: &mut [f32]) {
     assert_eq!(values.len(), run * out.len());
+    let max_value = table().quantize.max_value;
     for (values, largest) in values.chunks_exact(run).zip(out) {
         *largest = max_value(values);
     }
@@ -34,108 +35,27 @@ pub fn maxima(values: &[f32], run: usize, out: &mut [f32]) {
 /// `out[i] = round(values[i] * inverse_scale)` clamped to `0..=max`.
 pub fn quantize(values: &[f32], inverse_scale: f32, max: u8, out: &mut [u8]) {
     assert_eq!(values.len(), out.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512 F and BW.
-        return unsafe { quantize_avx512(values, inverse_scale, max, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { quantize_avx2(values, inverse_scale, max, out) };
-    }
-    #[cfg(target_arch = "arm")]
-    if super::armv7::has_neon() {
-        // SAFETY: the CPU has NEON.
-        let done = unsafe { super::armv7::quantize_prefix(values, inverse_scale, max, out) };
-        return quantize_portable(&values[done..], inverse_scale, max, &mut out[done..]);
-    }
-    quantize_portable(values, inverse_scale, max, out)
-}
-
-#[inline(always)]
-fn max_value_portable(values: &[f32]) -> f32 {
-    // Sixteen running maxima, so the loop vectorizes.
-    let mut lanes = [0f32; 16];
-    let mut chunks = values.chunks_exact(16);
-    for chunk in &mut chunks {
-        for (lane, x) in lanes.iter_mut().zip(chunk) {
-            *lane = if *x > *lane { *x } else { *lane };
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .fold(0f32, |m, &x| if x > m { x } else { m })
-}
-
-#[inline(always)]
-fn quantize_portable(values: &[f32], inverse_scale: f32, max: u8, out: &mut [u8]) {
-    let top = max as f32;
-    for (q, &x) in out.iter_mut().zip(values) {
-        // Clamped into 0..=top first (NaN becomes 0), so the conversion is exact;
-        // comparisons rather than `f32::max`/`min` (libm calls on 32-bit ARM).
-        let clamped = larger(0.0, x * inverse_scale + 0.5);
-        let clamped = if clamped < top { clamped } else { top };
-        // SAFETY: `clamped` is finite and within 0..=255. The checked `as i32` kept x86
-        // from vectorizing this loop (one scalar conversion and NaN test per value).
-        *q = unsafe { clamped.to_int_unchecked::<i32>() } as u8;
-    }
-}
-
-/// AVX-512 F and BW: sixteen values a vector and a narrowing store to bytes (`vpmovdb`)
-/// where AVX2 shuffles lanes (`vpshufb`, `vextracti128`, `vpermq`).
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn max_value_avx512(values: &[f32]) -> f32 {
-    max_value_portable(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn quantize_avx512(values: &[f32], inverse_scale: f32, max: u8, out: &mut [u8]) {
-    quantize_portable(values, inverse_scale, max, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn max_value_avx2(values: &[f32]) -> f32 {
-    max_value_portable(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_avx2(values: &[f32], inverse_scale: f32, max: u8, out: &mut [u8]) {
-    quantize_portable(values, inverse_scale, max, out)
+    (table().quantize.quantize)(values, inverse_scale, max, out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    type MaxValue = unsafe fn(&[f32]) -> f32;
-    type Quantize = unsafe fn(&[f32], f32, u8, &mut [u8]);
+    use crate::kernels::portable::quantize::{max_value_portable, quantize_portable};
+    use crate::kernels::table::variants;
 
-    /// Every build this CPU runs, the dispatching functions first.
-    fn builds() -> Vec<(&'static str, MaxValue, Quantize)> {
-        #[allow(unused_mut)]
-        let mut builds: Vec<(&str, MaxValue, Quantize)> = vec![("dispatched", max_value, quantize)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                builds.push(("avx2", max_value_avx2, quantize_avx2));
-            }
-            if has_avx512() {
-                builds.push(("avx512", max_value_avx512, quantize_avx512));
-            }
-        }
+    /// The dispatching functions, as a kernel.
+    static DISPATCHED: QuantizeKernel = QuantizeKernel {
+        name: "dispatched",
+        max_value,
+        quantize,
+    };
+
+    /// Every kernel this CPU runs, and the dispatching functions.
+    fn builds() -> Vec<&'static QuantizeKernel> {
+        let mut builds = variants("quantize", |k| k.quantize, |k| k.name);
+        builds.push(&DISPATCHED);
         builds
     }
 
@@ -157,9 +77,9 @@ mod tests {
             126.5,
         ];
         let input: Vec<f32> = edges.iter().cycle().take(77).copied().collect();
-        for (name, max_value, quantize) in builds() {
-            // SAFETY: `builds` lists what this CPU runs.
-            unsafe {
+        for kernel in builds() {
+            let (name, max_value, quantize) = (kernel.name, kernel.max_value, kernel.quantize);
+            {
                 assert_eq!(max_value(&values), largest, "{name}");
                 assert_eq!(max_value(&[-3.0, -1.0]), 0.0, "{name}");
                 let mut fast = vec![0; values.len()];

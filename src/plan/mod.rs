@@ -11,11 +11,11 @@ use anyhow::{ensure, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::kernels::aligned::AlignedVec;
-use crate::kernels::f32_weights::{self, F32Weights, Layout, TILE_ROWS};
+use crate::kernels::f32_weights::{self, F32Weights, TILE_ROWS};
 use crate::kernels::im2col::Window;
-use crate::kernels::qgemm::{self, PackedWeights, QMatMul};
+use crate::kernels::qgemm::{PackedWeights, QMatMul};
 
-use crate::kernels::{for_each_band, quantize, Finish, Start, Threads};
+use crate::kernels::{self, for_each_band, quantize, Finish, Start, Threads};
 use crate::models::resnet::ChannelFold;
 use crate::weights::int8::{quantize_channels, ChannelAxis, Int8Kernel};
 
@@ -283,7 +283,7 @@ impl Conv2d {
         // A loop, not candle's permute: its strided copy was a sixth of the f32 start-up.
         let (in_channels, out_channels) = (layer.in_channels, layer.out_channels);
         let rows = weight.elem_count() / out_channels;
-        let mut weights = F32Weights::zeros(rows, out_channels, Layout::best());
+        let mut weights = F32Weights::zeros(rows, out_channels, kernels::table().f32);
         with_f32_values(weight, |stored| {
             for_each_stored_tap(stored, in_channels, layer.kernel, |out, row, value| {
                 weights.set(row, out, folded(out, value));
@@ -333,7 +333,7 @@ impl Conv2d {
     pub fn from_keras(kernel: &[f32], shape: [usize; 4], bias: &[f32]) -> Result<Self> {
         let layer = Self::keras_geometry(&shape, kernel.len(), bias)?;
         let (rows, n) = (kernel.len() / layer.out_channels, layer.out_channels);
-        let weights = F32Weights::from_row_major(kernel, rows, n, Layout::best());
+        let weights = F32Weights::from_row_major(kernel, rows, n, kernels::table().f32);
         Ok(Self {
             weights: ConvWeights::F32(weights),
             ..layer
@@ -403,7 +403,7 @@ impl Conv2d {
             kernel: kh,
             stride,
             padding,
-            weights: ConvWeights::F32(F32Weights::zeros(0, 0, Layout::RowMajor)),
+            weights: ConvWeights::F32(F32Weights::zeros(0, 0, kernels::table().f32)),
             bias,
         })
     }
@@ -527,7 +527,7 @@ impl Conv2d {
                 // receptive field) gets its own scale, which factors out of its dot
                 // products exactly; one scale per feature map lost 1.6 % of top-1
                 // agreement with f32 on the ImageNet sample.
-                let kernel = qgemm::kernel();
+                let kernel = kernels::table().int8;
                 let Scratch {
                     lowered_quantized,
                     row_scales,
@@ -725,7 +725,7 @@ impl Dense {
     pub fn from_candle(linear: &candle_nn::Linear) -> Result<Self> {
         let (outputs, inputs) = linear.weight().dims2()?;
         // `[outputs, inputs]` is a 1 x 1 kernel; its product rows are the inputs.
-        let mut weights = F32Weights::zeros(inputs, outputs, Layout::best());
+        let mut weights = F32Weights::zeros(inputs, outputs, kernels::table().f32);
         with_f32_values(linear.weight(), |stored| {
             for_each_stored_tap(stored, inputs, 1, |output, input, value| {
                 weights.set(input, output, value)

@@ -1,10 +1,11 @@
 //! Prometheus metrics under the of-watchdog's names (`http_requests_total`,
 //! `http_request_duration_seconds`, `http_requests_in_flight`) plus our own per-model
-//! inference time and model load time. One registry per server, not a global.
+//! inference time and model load time, and which kernel runs each operation
+//! (`classify_kernel_info{op,kernel} 1`). One registry per server, not a global.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -14,6 +15,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub inference_seconds: HistogramVec,
     pub model_load_seconds: GaugeVec,
+    pub kernel_info: IntGaugeVec,
 }
 
 /// Latency buckets from a fast int8 forward on x86 to a slow Pi 3 under load.
@@ -63,12 +65,24 @@ impl Metrics {
             &["model"],
         )
         .expect("valid metric");
+        let kernel_info = IntGaugeVec::new(
+            Opts::new(
+                "classify_kernel_info",
+                "1 for the kernel that runs each operation on this CPU (EDGE_KERNELS forces a level)",
+            ),
+            &["op", "kernel"],
+        )
+        .expect("valid metric");
+        for (op, kernel) in crate::kernels::table().entries() {
+            kernel_info.with_label_values(&[op, kernel]).set(1);
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
             Box::new(in_flight.clone()),
             Box::new(inference_seconds.clone()),
             Box::new(model_load_seconds.clone()),
+            Box::new(kernel_info.clone()),
         ] {
             registry
                 .register(collector)
@@ -81,6 +95,7 @@ impl Metrics {
             in_flight,
             inference_seconds,
             model_load_seconds,
+            kernel_info,
         }
     }
 

@@ -24,13 +24,14 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{x86, Finish, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
-use crate::kernels::TileFinish;
+use super::qgemm as x86;
+use crate::kernels::qgemm::{Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
+use crate::kernels::{Finish, TileFinish};
 
 pub static AMX: Kernel = Kernel {
     name: "amx",
     max_activation: 255,
-    // SAFETY: listed by `available` only when `usable` holds.
+    // SAFETY: `plug` lists it only when `usable` holds.
     run: Product::Finishing(|p, c, finish| unsafe { run(p, c, finish) }),
 };
 

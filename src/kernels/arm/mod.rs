@@ -1,10 +1,52 @@
 //! 32-bit ARM (armv7, Raspberry Pi OS 32-bit) NEON microkernels, in assembly: stable Rust
 //! has no NEON intrinsics or `neon` target feature on this target, and candle's `gemm`
-//! crate is scalar here. The drivers that tile whole products over these live next to
-//! the portable versions they replace (`gemm.rs`, `qgemm/`); NEON is taken only when
-//! the kernel reports it (HWCAP), never assumed from the build.
+//! crate is scalar here. They make up the table's `neon-armv7` level: the f32 4 x 8 tile
+//! (run by `gemm::tiled`, shared with aarch64), the int8 2 x 8 tile (`qgemm.rs`) and the
+//! quantization loop. NEON is taken only when the kernel reports it (HWCAP), never
+//! assumed from the build.
+
+pub mod qgemm;
 
 use std::sync::OnceLock;
+
+use super::f32_weights::{F32Kernel, F32Run};
+use super::gemm::tiled;
+use super::portable;
+use super::portable::quantize::{max_value_portable, quantize_portable};
+use super::quantize::QuantizeKernel;
+use super::table::{Kernels, Level};
+
+pub const NEON: Kernels = Kernels {
+    level: "neon-armv7",
+    f32: &F32_NEON,
+    int8: &qgemm::NEON,
+    quantize: &QUANTIZE_NEON,
+    ..portable::KERNELS
+};
+
+/// The level above the portable one, with what the CPU must have.
+pub const LEVELS: &[Level] = &[Level {
+    kernels: NEON,
+    cpu: "32-bit ARM with NEON (Pi 2 and later on 32-bit Raspberry Pi OS)",
+    runs: has_neon,
+}];
+
+/// `c += a * b` by the 4 x 8 assembly tile, row-major weights read in place.
+pub static F32_NEON: F32Kernel = F32Kernel {
+    name: "neon-armv7",
+    run: F32Run::RowMajor(tiled::accumulate),
+};
+
+/// The assembly loop on multiples of eight values, the portable one on the rest.
+pub static QUANTIZE_NEON: QuantizeKernel = QuantizeKernel {
+    name: "neon-armv7",
+    max_value: max_value_portable,
+    quantize: |values, inverse_scale, max, out| {
+        // SAFETY: `plug` lists it only when the CPU has NEON.
+        let done = unsafe { quantize_prefix(values, inverse_scale, max, out) };
+        quantize_portable(&values[done..], inverse_scale, max, &mut out[done..])
+    },
+};
 
 // `raw`: the braces are NEON register lists, not format arguments.
 std::arch::global_asm!(include_str!("sgemm_4x8.S"), options(raw));
@@ -63,7 +105,7 @@ pub unsafe fn qgemm_2x8(tile: &QTile) {
 }
 
 /// Quantizes the longest multiple-of-eight prefix of `values` into `out` as
-/// `quantize::quantize` does (the same bytes) and returns its length.
+/// `quantize_portable` does (the same bytes) and returns its length.
 ///
 /// # Safety
 /// [`has_neon`] is true.

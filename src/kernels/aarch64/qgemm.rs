@@ -1,0 +1,385 @@
+//! The int8 products on aarch64: `neon` (every aarch64 CPU: Pi 3, Pi 4; `smull` +
+//! `sadalp`), `neon-dotprod` (Armv8.2 `sdot`: Pi 5's Cortex-A76) and `neon-i8mm` (Armv8.6
+//! `smmla`: Neoverse V1/N2, Graviton 3/4). Activations 0..127 on all three, so they
+//! multiply as i8 and every NEON kernel gives the same sums.
+
+use std::arch::aarch64::*;
+
+use crate::kernels::qgemm::{quad_of, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
+
+pub static NEON: Kernel = Kernel {
+    name: "neon",
+    max_activation: 127,
+    // SAFETY: Advanced SIMD is mandatory on aarch64.
+    run: Product::Accumulating(|p, c| unsafe { run::<WIDENING>(p, c) }),
+};
+
+pub static NEON_DOTPROD: Kernel = Kernel {
+    name: "neon-dotprod",
+    max_activation: 127,
+    // SAFETY: listed by `available` only when the CPU reports the dot product.
+    run: Product::Accumulating(|p, c| unsafe { run_dotprod(p, c) }),
+};
+
+/// Columns per tile: a panel's 32 columns in four groups of eight (32 bytes a quad).
+const GROUP: usize = 8;
+
+pub static NEON_I8MM: Kernel = Kernel {
+    name: "neon-i8mm",
+    max_activation: 127,
+    // SAFETY: listed by `available` only when the CPU reports the int8 matrix multiply.
+    run: Product::Accumulating(|p, c| unsafe { run_i8mm(p, c) }),
+};
+
+/// The three ways through a tile: `smull` + `sadalp`, `sdot`, `smmla`.
+const WIDENING: u8 = 0;
+const DOTPROD: u8 = 1;
+const MATMUL: u8 = 2;
+
+#[target_feature(enable = "dotprod")]
+unsafe fn run_dotprod(p: &QMatMul, c: &mut [f32]) {
+    run::<DOTPROD>(p, c)
+}
+
+#[target_feature(enable = "i8mm")]
+unsafe fn run_i8mm(p: &QMatMul, c: &mut [f32]) {
+    run::<MATMUL>(p, c)
+}
+
+#[inline(always)]
+unsafe fn run<const KIND: u8>(p: &QMatMul, c: &mut [f32]) {
+    let (k, n) = (p.b.k, p.b.n);
+    for panels in p.b.panel_blocks() {
+        macro_rules! tiles {
+            ($rows:literal, $tile:ident $(, $dot:literal)?) => {
+                for_row_tiles!(p.m, $rows, |row, TILE| for panel in panels.clone() {
+                    for group in 0..PANEL / GROUP {
+                        let first = panel * PANEL + group * GROUP;
+                        if first >= n {
+                            break;
+                        }
+                        $tile::<TILE $(, $dot)?>(
+                            p,
+                            row,
+                            k,
+                            &p.b.panel(panel)[group * GROUP * 4..],
+                            &mut c[row * n + first..],
+                            n,
+                            &p.scale[first..],
+                            (n - first).min(GROUP),
+                        )
+                    }
+                })
+            };
+        }
+        // `sdot` and `smmla` need two accumulators per row, the widening path four.
+        match KIND {
+            MATMUL => tiles!(8, matmul_tile),
+            DOTPROD => tiles!(8, tile, true),
+            _ => tiles!(4, tile, false),
+        }
+    }
+}
+
+/// An accumulating int8 instruction stable Rust has no intrinsic for, as a function
+/// `acc += op(a, b)` on whole registers.
+macro_rules! accumulating {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[inline(always)]
+        unsafe fn $name(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+            let mut acc = acc;
+            std::arch::asm!(
+                concat!(stringify!($name), " {acc:v}.4s, {a:v}.16b, {b:v}.16b"),
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            acc
+        }
+    };
+}
+
+accumulating!(
+    /// `acc += dot(a's four bytes, each column's four bytes)`, four columns per lane.
+    sdot
+);
+accumulating!(
+    /// `acc += a * bᵀ` with `a` two rows and `b` two columns of eight k each: the 2 x 2
+    /// block of sums `[r0c0, r0c1, r1c0, r1c1]`.
+    smmla
+);
+
+/// [`sdot`] with the four activation bytes taken from lane `LANE` of `a`, so four
+/// k-quads of a row come from one load.
+#[inline(always)]
+unsafe fn sdot_lane<const LANE: i32>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    std::arch::asm!(
+        "sdot {acc:v}.4s, {b:v}.16b, {a:v}.4b[{lane}]",
+        acc = inout(vreg) acc,
+        b = in(vreg) b,
+        a = in(vreg) a,
+        lane = const LANE,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// One k-quad of eight columns (`b`) for `MR` rows, each row's quad given as an i32.
+#[inline(always)]
+unsafe fn quad_step<const MR: usize, const DOT: bool>(
+    acc: &mut [[int32x4_t; 4]; MR],
+    b: *const i8,
+    quads: [i32; MR],
+) {
+    let (b0, b1) = (vld1q_s8(b), vld1q_s8(b.add(16)));
+    for r in 0..MR {
+        let a = vreinterpretq_s8_s32(vdupq_n_s32(quads[r]));
+        if DOT {
+            acc[r][0] = sdot(acc[r][0], a, b0);
+            acc[r][1] = sdot(acc[r][1], a, b1);
+        } else {
+            widening_step(&mut acc[r], a, b0, b1);
+        }
+    }
+}
+
+/// `smull` + `sadalp` for one row: `a` holds the row's quad in every lane.
+#[inline(always)]
+unsafe fn widening_step(acc: &mut [int32x4_t; 4], a: int8x16_t, b0: int8x16_t, b1: int8x16_t) {
+    let a_low = vget_low_s8(a);
+    acc[0] = vpadalq_s16(acc[0], vmull_s8(a_low, vget_low_s8(b0)));
+    acc[1] = vpadalq_s16(acc[1], vmull_high_s8(a, b0));
+    acc[2] = vpadalq_s16(acc[2], vmull_s8(a_low, vget_low_s8(b1)));
+    acc[3] = vpadalq_s16(acc[3], vmull_high_s8(a, b1));
+}
+
+/// One tile: `MR` rows x eight columns. Without `DOT`, each accumulator lane holds
+/// half a column's sum (`smull` then `sadalp` add products in pairs) and the halves
+/// are added at the end; with it, `sdot` gives whole column sums. Activations are
+/// 0..=127, so as i8 they keep their value.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const MR: usize, const DOT: bool>(
+    p: &QMatMul,
+    row: usize,
+    k: usize,
+    b: &[i8],
+    c: &mut [f32],
+    ldc: usize,
+    scale: &[f32],
+    cols: usize,
+) {
+    let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
+    let mut acc = [[vdupq_n_s32(0); 4]; MR];
+    let bp = b.as_ptr();
+    let full_quads = k / 4;
+    // Four quads at a time: one 16-byte load per row, its lanes used in turn.
+    let mut q = 0;
+    while q + 4 <= full_quads {
+        let a: [int8x16_t; MR] =
+            crate::kernels::unrolled(|r| vld1q_s8(rows[r].as_ptr().add(q * 4) as *const i8));
+        macro_rules! lane {
+            ($lane:literal) => {{
+                let at = bp.add((q + $lane) * QUAD_BYTES);
+                let (b0, b1) = (vld1q_s8(at), vld1q_s8(at.add(16)));
+                for r in 0..MR {
+                    if DOT {
+                        acc[r][0] = sdot_lane::<$lane>(acc[r][0], b0, a[r]);
+                        acc[r][1] = sdot_lane::<$lane>(acc[r][1], b1, a[r]);
+                    } else {
+                        let quad = vdupq_laneq_s32::<$lane>(vreinterpretq_s32_s8(a[r]));
+                        widening_step(&mut acc[r], vreinterpretq_s8_s32(quad), b0, b1);
+                    }
+                }
+            }};
+        }
+        lane!(0);
+        lane!(1);
+        lane!(2);
+        lane!(3);
+        q += 4;
+    }
+    for q in q..full_quads {
+        let quads = crate::kernels::unrolled(|r| {
+            (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
+        });
+        quad_step::<MR, DOT>(&mut acc, bp.add(q * QUAD_BYTES), quads);
+    }
+    if !k.is_multiple_of(4) {
+        let quads = crate::kernels::unrolled(|r| quad_of(rows[r], full_quads));
+        quad_step::<MR, DOT>(&mut acc, bp.add(full_quads * QUAD_BYTES), quads);
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // Column sums 0..4 and 4..8.
+        let sums = if DOT {
+            [acc[0], acc[1]]
+        } else {
+            [vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3])]
+        };
+        store_row(sums, p.row_scale[row + r], &mut c[r * ldc..], scale, cols);
+    }
+}
+
+/// `out[col] += sums[col] * scale[col] * row_scale` for one row of a tile's `cols`
+/// columns, the eight sums in two vectors.
+#[inline(always)]
+unsafe fn store_row(
+    sums: [int32x4_t; 2],
+    row_scale: f32,
+    out: &mut [f32],
+    scale: &[f32],
+    cols: usize,
+) {
+    if cols == GROUP {
+        for (half, sum) in sums.iter().enumerate() {
+            let s = vmulq_n_f32(vld1q_f32(scale.as_ptr().add(half * 4)), row_scale);
+            let o = out.as_mut_ptr().add(half * 4);
+            vst1q_f32(o, vfmaq_f32(vld1q_f32(o), vcvtq_f32_s32(*sum), s));
+        }
+    } else {
+        let mut lanes = [0i32; GROUP];
+        vst1q_s32(lanes.as_mut_ptr(), sums[0]);
+        vst1q_s32(lanes.as_mut_ptr().add(4), sums[1]);
+        for col in 0..cols {
+            out[col] = (lanes[col] as f32).mul_add(scale[col] * row_scale, out[col]);
+        }
+    }
+}
+
+/// The `smmla` operands of eight columns for k-quads `quad` and `quad + 1` (zero when
+/// `second` is false): `zip` of the two packed quads gives each column pair's eight k.
+#[inline(always)]
+unsafe fn column_pairs(b: *const i8, quad: usize, second: bool) -> [int8x16_t; 4] {
+    let low = b.add(quad * QUAD_BYTES);
+    let (x0, x1) = (
+        vld1q_s32(low as *const i32),
+        vld1q_s32(low.add(16) as *const i32),
+    );
+    let (y0, y1) = if second {
+        let high = low.add(QUAD_BYTES);
+        (
+            vld1q_s32(high as *const i32),
+            vld1q_s32(high.add(16) as *const i32),
+        )
+    } else {
+        (vdupq_n_s32(0), vdupq_n_s32(0))
+    };
+    [
+        vreinterpretq_s8_s32(vzip1q_s32(x0, y0)),
+        vreinterpretq_s8_s32(vzip2q_s32(x0, y0)),
+        vreinterpretq_s8_s32(vzip1q_s32(x1, y1)),
+        vreinterpretq_s8_s32(vzip2q_s32(x1, y1)),
+    ]
+}
+
+/// Rows per [`matmul_tile`], in pairs.
+const MAX_PAIRS: usize = 4;
+
+/// The `smmla` operands of `pairs` row pairs for sixteen k from `at`: rows `2 pair`
+/// and `2 pair + 1` interleaved by eight bytes, k `at..at + 8` then `at + 8..at + 16`.
+#[inline(always)]
+unsafe fn row_pairs(
+    rows: &[*const u8; 2 * MAX_PAIRS],
+    at: usize,
+    pairs: usize,
+) -> [[int8x16_t; MAX_PAIRS]; 2] {
+    let mut operands = [[vdupq_n_s8(0); MAX_PAIRS]; 2];
+    for pair in 0..pairs {
+        let first = vld1q_s64(rows[2 * pair].add(at) as *const i64);
+        let second = vld1q_s64(rows[2 * pair + 1].add(at) as *const i64);
+        operands[0][pair] = vreinterpretq_s8_s64(vzip1q_s64(first, second));
+        operands[1][pair] = vreinterpretq_s8_s64(vzip2q_s64(first, second));
+    }
+    operands
+}
+
+/// Eight k of a [`matmul_tile`]: each of `pairs` row pairs' operand against four
+/// column pairs. (Whole arrays, not slices of them: with slices the accumulators
+/// went back to the stack every step.)
+#[inline(always)]
+unsafe fn matmul_step(
+    acc: &mut [[int32x4_t; 4]; MAX_PAIRS],
+    rows: &[int8x16_t; MAX_PAIRS],
+    pairs: usize,
+    columns: [int8x16_t; 4],
+) {
+    for pair in 0..pairs {
+        for (acc, b) in acc[pair].iter_mut().zip(columns) {
+            *acc = smmla(*acc, rows[pair], b);
+        }
+    }
+}
+
+/// One tile with the int8 matrix multiply (Armv8.6 `smmla`: 32 multiply-adds per
+/// instruction, twice `sdot`'s): `MR` rows in pairs (a lone last row is paired with
+/// itself and the copy dropped) x eight columns, sixteen k a step. Accumulator
+/// `[pair][column pair]` holds a 2 x 2 block.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_tile<const MR: usize>(
+    p: &QMatMul,
+    row: usize,
+    k: usize,
+    b: &[i8],
+    c: &mut [f32],
+    ldc: usize,
+    scale: &[f32],
+    cols: usize,
+) {
+    let pairs = MR.div_ceil(2);
+    let rows: [*const u8; 2 * MAX_PAIRS] =
+        crate::kernels::unrolled(|r| p.a[(row + r.min(MR - 1)) * p.lda..][..k].as_ptr());
+    let mut acc = [[vdupq_n_s32(0); 4]; MAX_PAIRS];
+    let (bp, quads) = (b.as_ptr(), k.div_ceil(4));
+    let mut at = 0;
+    while at + 16 <= k {
+        let [low, high] = row_pairs(&rows, at, pairs);
+        let q = at / 4;
+        matmul_step(&mut acc, &low, pairs, column_pairs(bp, q, true));
+        matmul_step(&mut acc, &high, pairs, column_pairs(bp, q + 2, true));
+        at += 16;
+    }
+    if at < k {
+        // The last k < 16: each row's rest, zero-padded; the packed quads past `k`
+        // are zero already, those past the panel's end are not read.
+        let mut rest = [[0u8; 16]; 2 * MAX_PAIRS];
+        for (rest, row) in rest.iter_mut().zip(rows) {
+            std::ptr::copy_nonoverlapping(row.add(at), rest.as_mut_ptr(), k - at);
+        }
+        let rest = crate::kernels::unrolled(|r| rest[r].as_ptr());
+        let [low, high] = row_pairs(&rest, 0, pairs);
+        let q = at / 4;
+        let columns = column_pairs(bp, q, q + 1 < quads);
+        matmul_step(&mut acc, &low, pairs, columns);
+        if at + 8 < k {
+            let columns = column_pairs(bp, q + 2, q + 3 < quads);
+            matmul_step(&mut acc, &high, pairs, columns);
+        }
+    }
+    // Row 2 pair: the blocks' low halves; row 2 pair + 1: their high ones.
+    let low = |x: int32x4_t, y: int32x4_t| {
+        vreinterpretq_s32_s64(vzip1q_s64(
+            vreinterpretq_s64_s32(x),
+            vreinterpretq_s64_s32(y),
+        ))
+    };
+    let high = |x: int32x4_t, y: int32x4_t| {
+        vreinterpretq_s32_s64(vzip2q_s64(
+            vreinterpretq_s64_s32(x),
+            vreinterpretq_s64_s32(y),
+        ))
+    };
+    for (pair, &[c01, c23, c45, c67]) in acc.iter().enumerate().take(pairs) {
+        let halves = [
+            [low(c01, c23), low(c45, c67)],
+            [high(c01, c23), high(c45, c67)],
+        ];
+        // A lone last row's twin is not stored.
+        for (r, sums) in (2 * pair..MR).zip(halves) {
+            store_row(sums, p.row_scale[row + r], &mut c[r * ldc..], scale, cols);
+        }
+    }
+}

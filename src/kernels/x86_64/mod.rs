@@ -1,0 +1,76 @@
+//! The x86_64 kernels and the levels of the kernel table they make up, each the one below
+//! with some entries replaced:
+//! - `avx2` (AVX2 + FMA: Haswell and later, Zen 1 and later): the int8 `vpmaddubsw` tile
+//!   and the quantization loops compiled for AVX2;
+//! - `avx512` (AVX-512 F, BW and VL): our f32 panel kernel (14 x 32 tile, `f32.rs`), the
+//!   quantization and pooling loops compiled for AVX-512;
+//! - `avx512vnni`: the int8 `vpdpbusd` tile;
+//! - `amx` (Linux on Xeons from Sapphire Rapids): int8 tile products (`amx.rs`).
+
+pub mod f32;
+pub mod pool;
+pub mod qgemm;
+pub mod quantize;
+
+#[cfg(target_os = "linux")]
+pub mod amx;
+
+use super::portable;
+use super::table::{Kernels, Level};
+
+pub const AVX2: Kernels = Kernels {
+    level: "avx2",
+    int8: &qgemm::AVX2,
+    quantize: &quantize::AVX2,
+    ..portable::KERNELS
+};
+
+pub const AVX512: Kernels = Kernels {
+    level: "avx512",
+    f32: &f32::AVX512,
+    quantize: &quantize::AVX512,
+    pool: &pool::AVX512,
+    ..AVX2
+};
+
+pub const AVX512_VNNI: Kernels = Kernels {
+    level: "avx512vnni",
+    int8: &qgemm::AVX512_VNNI,
+    ..AVX512
+};
+
+#[cfg(target_os = "linux")]
+pub const AMX: Kernels = Kernels {
+    level: "amx",
+    int8: &amx::AMX,
+    ..AVX512_VNNI
+};
+
+/// The levels above the portable one, lowest first, each with what the CPU must have.
+pub const LEVELS: &[Level] = &[
+    Level {
+        kernels: AVX2,
+        cpu: "AVX2 + FMA (Haswell, Zen 1 and later)",
+        runs: || is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+    },
+    Level {
+        kernels: AVX512,
+        cpu: "AVX-512 F, BW, VL (Skylake-SP, Ice Lake, Zen 4 and later)",
+        runs: || {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+        },
+    },
+    Level {
+        kernels: AVX512_VNNI,
+        cpu: "AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and later)",
+        runs: || is_x86_feature_detected!("avx512vnni"),
+    },
+    #[cfg(target_os = "linux")]
+    Level {
+        kernels: AMX,
+        cpu: "AMX-INT8 on Linux (Sapphire Rapids and later Xeons)",
+        runs: amx::usable,
+    },
+];
