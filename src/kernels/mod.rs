@@ -300,6 +300,59 @@ impl<'a> TileFinish<'a> {
         _mm512_mask_storeu_ps(out, mask, new);
     }
 
+    /// Finishes 8 values of the tile's row `r` from column `first` into `c` (rows `ldc`
+    /// apart), the lanes before column `cols` only: `c = relu?(add(start))`, the AVX2
+    /// counterpart of [`Self::store16`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; the lanes kept lie inside `c`'s output, the bias and
+    /// the shortcut, and no other thread reads or writes them in `c` meanwhile.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn store8(
+        &self,
+        add: impl FnOnce(std::arch::x86_64::__m256) -> std::arch::x86_64::__m256,
+        c: *mut f32,
+        r: usize,
+        ldc: usize,
+        first: usize,
+        cols: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let at = r * ldc + first;
+        let out = c.add(at);
+        let lanes = cols - first;
+        let relu = |new| match self.relu {
+            // `max(0, x)` keeps a NaN, as the portable ReLU does.
+            true => _mm256_max_ps(_mm256_setzero_ps(), new),
+            false => new,
+        };
+        if lanes >= 8 {
+            let start = match (self.bias, self.shortcut) {
+                (None, _) => _mm256_loadu_ps(out),
+                (Some(bias), None) => _mm256_loadu_ps(bias.as_ptr().add(first)),
+                (Some(bias), Some(shortcut)) => _mm256_add_ps(
+                    _mm256_loadu_ps(bias.as_ptr().add(first)),
+                    _mm256_loadu_ps(shortcut.as_ptr().add(at)),
+                ),
+            };
+            return _mm256_storeu_ps(out, relu(add(start)));
+        }
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(lanes as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let start = match (self.bias, self.shortcut) {
+            (None, _) => _mm256_maskload_ps(out, mask),
+            (Some(bias), None) => _mm256_maskload_ps(bias.as_ptr().add(first), mask),
+            (Some(bias), Some(shortcut)) => _mm256_add_ps(
+                _mm256_maskload_ps(bias.as_ptr().add(first), mask),
+                _mm256_maskload_ps(shortcut.as_ptr().add(at), mask),
+            ),
+        };
+        _mm256_maskstore_ps(out, mask, relu(add(start)));
+    }
+
     /// The start of the tile's row `r`, column `col` (rows `ldc` apart): the bias plus
     /// the shortcut, or `None` to add onto the output.
     #[inline(always)]

@@ -1,29 +1,121 @@
-//! The f32 panel kernel on x86 with AVX-512F (`avx512`): our 14 x 32 register tile (28
-//! accumulators, one broadcast a row and two loads a k) in assembly, which adds the
-//! bias, the shortcut and the ReLU as it stores, like the int8 kernels. The `gemm` crate
-//! it replaces packs the weights again in every call and, on ResNet's 7 x 7 layers (49
-//! rows of up to 4608), reached 52-61 GMAC/s against 89-96 on the 3 x 3 layers of 28 x 28
-//! and 14 x 14 maps (Zen 5, one thread); the f32 layers took ~10 % less time in all.
-use std::arch::asm;
-use std::arch::x86_64::*;
+//! The f32 panel kernels on x86 (`avx512`, `avx2`): one driver that runs a product's
+//! rows in tiles over blocks of panels and chunks of k, and a register tile per
+//! instruction set (`f32_avx512.rs`, `f32_avx2.rs`) that adds the bias, the shortcut and
+//! the ReLU as it stores, like the int8 kernels. The `gemm` crate they replace packs the
+//! weights again in every call and, on ResNet's 7 x 7 layers (49 rows of up to 4608),
+//! reached 52-61 GMAC/s against 89-96 on the 3 x 3 layers of 28 x 28 and 14 x 14 maps
+//! (Zen 5, one thread, against the AVX-512 tile); the f32 layers took ~10 % less time in
+//! all.
 
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
 use std::ops::Range;
 
-use crate::kernels::f32_weights::{F32Kernel, F32Run, F32Weights, Left, PANEL, TILE_ROWS as ROWS};
-use crate::kernels::{fetch_ahead, panel_blocks, unrolled, Finish, TileFinish, FETCH_AHEAD_BYTES};
+use super::f32_avx2::Avx2;
+use super::f32_avx512::Avx512;
+use crate::kernels::f32_weights::{F32Kernel, F32Run, F32Weights, Left, PANEL};
+use crate::kernels::{fetch_ahead, panel_blocks, Finish, TileFinish};
 
 pub static AVX512: F32Kernel = F32Kernel {
     name: "avx512",
-    run: F32Run::Panels(run),
+    run: F32Run::Panels(run_avx512),
 };
 
-/// A run of k that a tile's 14 rows read from `at` on (rows `lda` apart).
+pub static AVX2: F32Kernel = F32Kernel {
+    name: "avx2",
+    run: F32Run::Panels(run_avx2),
+};
+
+/// # Safety
+/// AVX-512F is present; as [`drive`].
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_avx512(
+    w: &F32Weights,
+    m: usize,
+    left: Left,
+    c: *mut f32,
+    finish: &Finish,
+    panels: Range<usize>,
+) {
+    drive::<Avx512>(w, m, left, c, finish, panels)
+}
+
+/// # Safety
+/// AVX2 and FMA are present; as [`drive`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(
+    w: &F32Weights,
+    m: usize,
+    left: Left,
+    c: *mut f32,
+    finish: &Finish,
+    panels: Range<usize>,
+) {
+    drive::<Avx2>(w, m, left, c, finish, panels)
+}
+
+/// A register tile the driver runs: up to `ROWS` rows times one panel of 32 columns.
+pub(super) trait PanelTile {
+    /// Rows of the main tile.
+    const ROWS: usize;
+    /// 64-byte lines of the next chunk's weights a row tile fetches into L2 every 4 k.
+    const FETCH_LINES: usize;
+    /// `rows` (1 to `ROWS`) rows of `tile` times its panel, finished into its output.
+    ///
+    /// # Safety
+    /// The CPU has the tile's instructions; `tile`'s segments hold `rows` rows each,
+    /// `lda` apart, of as many values as they say; `b` a panel of 32 values a k for all
+    /// of them; `c` `rows` rows of `cols`, `ldc` apart.
+    unsafe fn run(rows: usize, tile: &Tile);
+}
+
+/// One row tile's operands.
+pub(super) struct Tile<'a> {
+    pub segments: &'a [Segment],
+    /// Elements from one row to the next.
+    pub lda: usize,
+    pub b: *const f32,
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// Columns of the panel kept (the last panel's may be fewer than 32).
+    pub cols: usize,
+    pub finish: TileFinish<'a>,
+    /// Where the tile fetches the next chunk's weights from, and by how much it moves
+    /// every 4 k ([`Fetch::slice`]).
+    pub fetch: (*const u8, usize),
+}
+
+impl Tile<'_> {
+    /// The tile's k in order: `step(rows at k, panel at k)` for the intrinsic tiles of
+    /// few rows, with the panel's weights fetched into L1 ahead and the next chunk's
+    /// into L2.
+    ///
+    /// # Safety
+    /// As [`PanelTile::run`].
+    #[inline(always)]
+    pub unsafe fn for_each_k(&self, mut step: impl FnMut(*const f32, *const f32)) {
+        let (fetch_at, fetch_step) = self.fetch;
+        let mut bp = self.b;
+        let mut kk = 0;
+        for segment in self.segments {
+            for i in 0..segment.quads * 4 + segment.rest {
+                fetch_ahead(bp as *const u8, 2);
+                let ahead = fetch_at.wrapping_add(kk * fetch_step / 4) as *const i8;
+                _mm_prefetch::<_MM_HINT_T1>(ahead);
+                step(segment.at.add(i), bp);
+                bp = bp.add(PANEL);
+                kk += 1;
+            }
+        }
+    }
+}
+
+/// A run of k that a tile's rows read from `at` on (rows `lda` apart).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Segment {
-    at: *const f32,
-    quads: usize,
-    rest: usize,
+pub(super) struct Segment {
+    pub at: *const f32,
+    pub quads: usize,
+    pub rest: usize,
 }
 
 impl Segment {
@@ -43,11 +135,11 @@ const _: () = assert!(size_of::<Segment>() == 24);
 const MAX_SEGMENTS: usize = 16;
 
 /// # Safety
-/// AVX-512F is present; `left` holds `m` rows of `k` values (its bounds checked),
-/// `c` points at `m x n` values of which this call alone reads and writes the columns
-/// of `panels`, and `w` is in panels.
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn run(
+/// The CPU has `T`'s instructions; `left` holds `m` rows of `k` values (its bounds
+/// checked), `c` points at `m x n` values of which this call alone reads and writes the
+/// columns of `panels`, and `w` is in panels.
+#[inline(always)]
+unsafe fn drive<T: PanelTile>(
     w: &F32Weights,
     m: usize,
     left: Left,
@@ -67,7 +159,7 @@ unsafe fn run(
             (per_chunk * rows.kernel_row_len(), rows.pixel_step())
         }
     };
-    let tiles = row_tiles(m, left);
+    let tiles = row_tiles(m, left, T::ROWS);
     let (first_panel, end_panel) = (panels.start, panels.end);
     let blocks = panel_blocks(panels.len(), chunk_len.max(1) * PANEL * 4);
     for panels in blocks.map(|block| block.start + first_panel..block.end + first_panel) {
@@ -84,7 +176,7 @@ unsafe fn run(
                     (next < end_panel).then_some(next * panel_len)
                 }
             };
-            let fetch = Fetch::share(tiles.len(), chunk_len);
+            let fetch = Fetch::share(tiles.len(), chunk_len, T::FETCH_LINES);
             for (row_tile, &(row, rows)) in tiles.iter().enumerate() {
                 let mut segments = [Segment::new(std::ptr::null(), 0); MAX_SEGMENTS];
                 let segments = match left {
@@ -118,33 +210,27 @@ unsafe fn run(
                     let mut tile_finish = TileFinish::at(start, n, row, col);
                     tile_finish.relu = last && finish.relu;
                     let fetch = fetch.slice(&w.data, successor(panel), row_tile);
-                    if rows == ROWS {
-                        tile_finish.prefetch(c, ROWS, n);
-                        let sums = sums_14(segments, lda, b.as_ptr(), fetch);
-                        store(&sums, c, n, cols, tile_finish);
-                        continue;
-                    }
-                    macro_rules! rest_tile {
-                        ($($rows:literal)*) => {
-                            match rows {
-                                $($rows => tile::<$rows>(
-                                    segments, lda, b.as_ptr(), c, n, cols, tile_finish, fetch
-                                ),)*
-                                _ => unreachable!("fewer than {ROWS} rows left"),
-                            }
-                        };
-                    }
-                    rest_tile!(1 2 3 4 5 6 7 8 9 10 11 12 13);
+                    let tile = Tile {
+                        segments,
+                        lda,
+                        b: b.as_ptr(),
+                        c,
+                        ldc: n,
+                        cols,
+                        finish: tile_finish,
+                        fetch,
+                    };
+                    T::run(rows, &tile);
                 }
             }
         }
     }
 }
 
-/// The row tiles of a product, `(first row, rows)`: 14 rows each, except that a
+/// The row tiles of a product, `(first row, rows)`: `tile_rows` each, except that a
 /// padded product's tiles end where image rows do (its rows lie a fixed step apart
 /// only within one image row, unless they continue into the next).
-fn row_tiles(m: usize, left: Left) -> Vec<(usize, usize)> {
+fn row_tiles(m: usize, left: Left, tile_rows: usize) -> Vec<(usize, usize)> {
     let row_end = |row: usize| match left {
         Left::Matrix { .. } => m,
         Left::Padded { rows, .. } if rows.rows_continue() => m,
@@ -153,10 +239,10 @@ fn row_tiles(m: usize, left: Left) -> Vec<(usize, usize)> {
             (row + rows.out_width - x).min(m)
         }
     };
-    let mut tiles = Vec::with_capacity(m.div_ceil(ROWS));
+    let mut tiles = Vec::with_capacity(m.div_ceil(tile_rows));
     let mut row = 0;
     while row < m {
-        let rows = (row_end(row) - row).min(ROWS);
+        let rows = (row_end(row) - row).min(tile_rows);
         tiles.push((row, rows));
         row += rows;
     }
@@ -184,11 +270,11 @@ struct Fetch {
 }
 
 impl Fetch {
-    fn share(row_tiles: usize, chunk_len: usize) -> Self {
+    fn share(row_tiles: usize, chunk_len: usize, lines: usize) -> Self {
         let chunk_bytes = chunk_len * PANEL * size_of::<f32>();
         let step = (chunk_bytes / chunk_len.div_ceil(4).max(1) / row_tiles.max(1))
             .next_multiple_of(64)
-            .min(256);
+            .min(64 * lines);
         Self {
             step,
             per_tile: step * chunk_len.div_ceil(4),
@@ -207,218 +293,6 @@ impl Fetch {
                 (at.wrapping_add(done), self.step)
             }
             _ => (data.as_ptr() as *const u8, 0),
-        }
-    }
-}
-
-type Sums<const MR: usize> = [[__m512; 2]; MR];
-
-/// `MR` rows (`lda` apart, read segment by segment) times one panel `b` (32 values a
-/// k), finished into `c` (rows `ldc` apart, `cols` of them kept).
-///
-/// # Safety
-/// AVX-512F is present; `segments` hold `MR` rows each, `lda` apart, of as many values
-/// as they say; `b` a panel of 32 values a k for all of them; `c` `MR` rows of `cols`.
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const MR: usize>(
-    segments: &[Segment],
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    finish: TileFinish,
-    (fetch_at, fetch_step): (*const u8, usize),
-) {
-    finish.prefetch(c, MR, ldc);
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let mut bp = b;
-    let mut kk = 0;
-    for segment in segments {
-        for i in 0..segment.quads * 4 + segment.rest {
-            fetch_ahead(bp as *const u8, 2);
-            _mm_prefetch::<_MM_HINT_T1>(fetch_at.wrapping_add(kk * fetch_step / 4) as *const i8);
-            let b0 = _mm512_loadu_ps(bp);
-            let b1 = _mm512_loadu_ps(bp.add(16));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*segment.at.add(r * lda + i));
-                acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
-            }
-            bp = bp.add(PANEL);
-            kk += 1;
-        }
-    }
-    store(&acc, c, ldc, cols, finish);
-}
-
-/// One row's step: its value at the current k broadcast into `zmm{tmp}`, times the
-/// panel's two registers (`zmm28`, `zmm29`), added to `zmm{acc}` and the next one.
-/// The row lies at `{base}` plus `index` (`{l}` is a row's length in bytes).
-macro_rules! row_step {
-    ($base:literal $index:literal, $a:literal, $acc0:literal, $acc1:literal, $tmp:literal) => {
-        concat!(
-            "vbroadcastss zmm",
-            $tmp,
-            ", dword ptr [{",
-            $base,
-            "}",
-            $index,
-            " + ",
-            $a,
-            "]\n",
-            "vfmadd231ps zmm",
-            $acc0,
-            ", zmm28, zmm",
-            $tmp,
-            "\n",
-            "vfmadd231ps zmm",
-            $acc1,
-            ", zmm29, zmm",
-            $tmp,
-            "\n",
-        )
-    };
-}
-
-/// One k of the 14 x 32 tile: `$a` bytes into the rows, `$b` into the panel.
-macro_rules! step_14 {
-    ($a:literal, $b:literal) => {
-        concat!(
-            "vmovups zmm28, [{b} + ", $b, "]\n",
-            "vmovups zmm29, [{b} + ", $b, " + 64]\n",
-            "prefetcht0 [{b} + {ahead} + ", $b, "]\n",
-            "prefetcht0 [{b} + {ahead} + ", $b, " + 64]\n",
-            row_step!("p0" "", $a, 0, 1, 30),
-            row_step!("p0" " + {l}", $a, 2, 3, 31),
-            row_step!("p0" " + {l}*2", $a, 4, 5, 30),
-            row_step!("p3" "", $a, 6, 7, 31),
-            row_step!("p3" " + {l}", $a, 8, 9, 30),
-            row_step!("p3" " + {l}*2", $a, 10, 11, 31),
-            row_step!("p6" "", $a, 12, 13, 30),
-            row_step!("p6" " + {l}", $a, 14, 15, 31),
-            row_step!("p6" " + {l}*2", $a, 16, 17, 30),
-            row_step!("p9" "", $a, 18, 19, 31),
-            row_step!("p9" " + {l}", $a, 20, 21, 30),
-            row_step!("p9" " + {l}*2", $a, 22, 23, 31),
-            row_step!("p12" "", $a, 24, 25, 30),
-            row_step!("p12" " + {l}", $a, 26, 27, 31),
-        )
-    };
-}
-
-/// The sums of 14 rows (`lda` apart) times one panel `b` (`k x 32`), the rows' k
-/// read segment by segment. Assembly, because compiled from the loop of [`tile`] each
-/// row's address took an `add` (the compiler walks the 14 rows with one register),
-/// which competes with the `fma`s for their ports: here five row pointers and a row
-/// length address all 14 rows, and four k run per loop.
-///
-/// # Safety
-/// AVX-512F is present; `segments` (at least one) hold 14 rows each, `lda` apart, of
-/// as many values as they say; `b` a panel of 32 values a k for all of them.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn sums_14(
-    segments: &[Segment],
-    lda: usize,
-    b: *const f32,
-    (fetch_at, fetch_step): (*const u8, usize),
-) -> Sums<ROWS> {
-    assert!(!segments.is_empty());
-    let mut s = [_mm512_setzero_ps(); 2 * ROWS];
-    asm!(
-        "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2",
-        "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5",
-        "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8",
-        "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11",
-        "vpxord zmm12, zmm12, zmm12", "vpxord zmm13, zmm13, zmm13", "vpxord zmm14, zmm14, zmm14",
-        "vpxord zmm15, zmm15, zmm15", "vpxord zmm16, zmm16, zmm16", "vpxord zmm17, zmm17, zmm17",
-        "vpxord zmm18, zmm18, zmm18", "vpxord zmm19, zmm19, zmm19", "vpxord zmm20, zmm20, zmm20",
-        "vpxord zmm21, zmm21, zmm21", "vpxord zmm22, zmm22, zmm22", "vpxord zmm23, zmm23, zmm23",
-        "vpxord zmm24, zmm24, zmm24", "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26",
-        "vpxord zmm27, zmm27, zmm27",
-        // Each segment: its rows 0, 3, 6, 9 and 12, then its quads of k, then the rest.
-        "6:",
-        "mov {p0}, [{segment}]",
-        "mov {count}, [{segment} + 8]",
-        "lea {p3}, [{p0} + {l}*2]", "add {p3}, {l}",
-        "lea {p6}, [{p3} + {l}*2]", "add {p6}, {l}",
-        "lea {p9}, [{p6} + {l}*2]", "add {p9}, {l}",
-        "lea {p12}, [{p9} + {l}*2]", "add {p12}, {l}",
-        "test {count}, {count}",
-        "jz 3f",
-        "2:",
-        step_14!(0, 0),
-        step_14!(4, 128),
-        step_14!(8, 256),
-        step_14!(12, 384),
-        "prefetcht1 [{pf}]", "prefetcht1 [{pf} + 64]",
-        "prefetcht1 [{pf} + 128]", "prefetcht1 [{pf} + 192]",
-        "add {pf}, {pf_step}",
-        "add {p0}, 16", "add {p3}, 16", "add {p6}, 16", "add {p9}, 16", "add {p12}, 16",
-        "add {b}, 512",
-        "dec {count}",
-        "jnz 2b",
-        "3:",
-        "mov {count}, [{segment} + 16]",
-        "test {count}, {count}",
-        "jz 5f",
-        "4:",
-        step_14!(0, 0),
-        "add {p0}, 4", "add {p3}, 4", "add {p6}, 4", "add {p9}, 4", "add {p12}, 4",
-        "add {b}, 128",
-        "dec {count}",
-        "jnz 4b",
-        "5:",
-        "add {segment}, 24",
-        "dec {segments}",
-        "jnz 6b",
-        p0 = out(reg) _,
-        p3 = out(reg) _,
-        p6 = out(reg) _,
-        p9 = out(reg) _,
-        p12 = out(reg) _,
-        l = in(reg) lda * 4,
-        b = inout(reg) b => _,
-        count = out(reg) _,
-        segment = inout(reg) segments.as_ptr() => _,
-        segments = inout(reg) segments.len() => _,
-        ahead = const FETCH_AHEAD_BYTES,
-        pf = inout(reg) fetch_at => _,
-        pf_step = in(reg) fetch_step,
-        out("zmm0") s[0], out("zmm1") s[1], out("zmm2") s[2], out("zmm3") s[3],
-        out("zmm4") s[4], out("zmm5") s[5], out("zmm6") s[6], out("zmm7") s[7],
-        out("zmm8") s[8], out("zmm9") s[9], out("zmm10") s[10], out("zmm11") s[11],
-        out("zmm12") s[12], out("zmm13") s[13], out("zmm14") s[14], out("zmm15") s[15],
-        out("zmm16") s[16], out("zmm17") s[17], out("zmm18") s[18], out("zmm19") s[19],
-        out("zmm20") s[20], out("zmm21") s[21], out("zmm22") s[22], out("zmm23") s[23],
-        out("zmm24") s[24], out("zmm25") s[25], out("zmm26") s[26], out("zmm27") s[27],
-        out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-        options(nostack, readonly),
-    );
-    unrolled(|r| [s[2 * r], s[2 * r + 1]])
-}
-
-/// Finishes a tile's sums into `c` (rows `ldc` apart, `cols` of them kept).
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn store<const MR: usize>(
-    acc: &Sums<MR>,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    finish: TileFinish,
-) {
-    for (r, acc) in acc.iter().enumerate() {
-        for (half, &sums) in acc.iter().enumerate() {
-            let first = half * 16;
-            if first >= cols {
-                break;
-            }
-            let add = |start| _mm512_add_ps(sums, start);
-            finish.store16(add, c, r, ldc, first, TileFinish::lanes(first, cols));
         }
     }
 }
