@@ -5,14 +5,18 @@
 #   make stage     dist/image/: the images' build context, a root filesystem per architecture
 #   make images    the three images with buildah (offline), tagged $(IMAGE):$(VERSION)-<arch>
 #   make test-images  builds them, checks their configuration and runs each one
+#   make test      installs what the tests need (Debian packages when run as root, else
+#                  it names them; rustup targets), then runs them: the README's test command
+#   make test-windows  the Windows build run under Wine: predict, and serve answering a POST
 #   make test-arm  the unit tests, golden logits and int8 checks under qemu: aarch64 on
 #                  CPU models without (Pi 3, Pi 4) and with (Pi 5) the dot product and
 #                  with i8mm (`max`), armv7 on Cortex-A7 (Pi 2) and Cortex-A15, and the
 #                  unit tests on a Cortex-A15 without NEON (test-arm64, test-armv7 alone)
 #
 # Needs: rustup targets (`make targets`), Debian's gcc-aarch64-linux-gnu,
-# gcc-arm-linux-gnueabihf, gcc-mingw-w64-x86-64 and qemu-user (linkers and runners are
-# in .cargo/config.toml); buildah for the images.
+# gcc-arm-linux-gnueabihf, gcc-mingw-w64-x86-64 (its dlltool too) and qemu-user (linkers
+# and runners are in .cargo/config.toml); buildah for the images, wine to run the Windows
+# build (`make test-deps` installs them all).
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE ?= ghcr.io/edge-classify/classify
@@ -40,7 +44,8 @@ WEIGHTS_COMMON := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-h
 WEIGHTS_INT8 := resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
 WEIGHTS_F32 := resnet50.safetensors catsdogs-cnn.safetensors
 
-.PHONY: dist static stage images test-images test-arm test-arm64 test-armv7 targets clean-dist
+.PHONY: dist static stage images test-images test-arm test-arm64 test-armv7 targets clean-dist \
+	test test-deps test-windows
 .DELETE_ON_ERROR:
 
 dist: $(foreach t,$(DYNAMIC_TARGETS) $(MUSL_TARGETS) $(ARMV7_STATIC) $(WINDOWS_TARGET),dist/$(t)/classify$(if $(findstring windows,$(t)),.exe))
@@ -51,6 +56,34 @@ static: $(BINARY_amd64) $(BINARY_arm64) $(BINARY_armv7)
 
 targets:
 	rustup target add $(DYNAMIC_TARGETS) $(MUSL_TARGETS) $(WINDOWS_TARGET)
+
+# What the tests and `make dist` need from Debian: headless Chromium and chromedriver (the
+# upload page's browser test), the cross linkers and qemu-user (ARM builds and their
+# tests), mingw-w64 and Wine (the Windows build and its run), buildah (the images), and a
+# Docker client for `docker stack config` (docker.io, only where no `docker` is found).
+# (`make targets` adds the Rust targets the cross builds need.)
+TEST_PACKAGES := chromium chromium-driver gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
+	libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user qemu-user-static \
+	gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64 wine wine64 buildah python3-pip curl
+
+test-deps:
+	@missing=$$(for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	command -v docker >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	missing=$$(echo $$missing); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then \
+		echo "the tests need these Debian packages: sudo apt-get install $$missing" >&2; \
+		exit 1; \
+	fi
+
+test: test-deps
+	$(CARGO) test --locked
+
+test-windows: dist/$(WINDOWS_TARGET)/classify.exe
+	deploy/windows/wine-test.sh dist/$(WINDOWS_TARGET)/classify.exe
 
 # Cargo decides what to rebuild; make always asks it (FORCE).
 FORCE:

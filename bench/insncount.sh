@@ -12,6 +12,9 @@
 # counting plugin (../shared/tools/qemu-insncount). With bench/tract built for the same
 # targets (`bench/tract/build.sh`) and our ResNet-50 exported to ONNX
 # (bench/.work/resnet50.onnx, by bench/peers.sh), tract's count comes next to ours.
+# x86_64 runs as a Haswell (AVX2 + FMA, no AVX-512: the `avx2` kernels), next to ONNX
+# Runtime's Python package from bench/peers.sh's venv under the same qemu, f32 and int8
+# (bench/.work/resnet50-int8.onnx): its forwards, 3 minus 1 after no warm-up, halved.
 set -eu
 cd "$(dirname "$0")/.."
 out=${1:-bench/results/insncount.md}
@@ -44,6 +47,11 @@ run_tract() { # qemu cpu binary iters
     TRACT_CPU_ARM32_NEON=true taskset -c 0 "$1" -cpu "$2" -plugin "$plugin" "$3" "$onnx" \
         --iters "$4" --warmup 0 2>"$log" >/dev/null
 }
+# ONNX Runtime's forwards: `iters` runs after none of warm-up, one intra-op thread.
+run_ort() { # qemu cpu model iters
+    (cd bench/peers && taskset -c 0 "$1" -cpu "$2" -plugin "$plugin" ../.venv/bin/python3 \
+        ort_bench.py "../.work/$3.onnx" --threads 1 --iters "$4" --warmup 0 2>"$log" >/dev/null)
+}
 per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
 
 {
@@ -55,10 +63,11 @@ per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
         "qemu-aarch64 cortex-a72 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
         "qemu-aarch64 cortex-a76 dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
         "qemu-aarch64 max dist/aarch64-unknown-linux-musl/classify aarch64 aarch64-unknown-linux-musl" \
-        "qemu-arm cortex-a7 dist/armv7-unknown-linux-gnueabihf-static/classify armv7 armv7-unknown-linux-gnueabihf"; do
+        "qemu-arm cortex-a7 dist/armv7-unknown-linux-gnueabihf-static/classify armv7 armv7-unknown-linux-gnueabihf" \
+        "qemu-x86_64 Haswell dist/x86_64-unknown-linux-musl/classify x86_64 x86_64-unknown-linux-musl"; do
         set -- $config
         qemu=$1 cpu=$2 binary=$3 target=$4 triple=$5
-        case " ${TARGETS:-aarch64 armv7} " in *" $target "*) ;; *) continue ;; esac
+        case " ${TARGETS:-aarch64 armv7 x86_64} " in *" $target "*) ;; *) continue ;; esac
         case " ${CPUS:-$cpu} " in *" $cpu "*) ;; *) continue ;; esac
         for precision in f32 int8; do
             run "$qemu" "$cpu" "$binary" "$precision" 1
@@ -71,6 +80,18 @@ per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
             printf '| %s | %s | %s | %s | %s |\n' "$target" "$cpu" "$precision" "$kernel" \
                 "$(per_image "$per_image")"
         done
+        if [ "$target" = x86_64 ] && [ -x bench/.venv/bin/python ]; then
+            for model in resnet50 resnet50-int8; do
+                [ -f "bench/.work/$model.onnx" ] || continue
+                run_ort "$qemu" "$cpu" "$model" 1
+                one=$(instructions)
+                run_ort "$qemu" "$cpu" "$model" 3
+                three=$(instructions)
+                precision=f32; [ "$model" = resnet50 ] || precision=int8
+                printf '| %s | %s | onnxruntime %s | - | %s |\n' "$target" "$cpu" "$precision" \
+                    "$(per_image $(( (three - one) / 2 )))"
+            done
+        fi
         tract=bench/tract/target/$triple/release/tract-peer
         if [ -x "$tract" ] && [ -f "$onnx" ]; then
             run_tract "$qemu" "$cpu" "$tract" 1

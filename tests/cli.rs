@@ -1,6 +1,8 @@
 //! The `classify` binary as a user runs it.
 
-use crate::util::{classify, shared, stderr_of, stdout_of};
+use std::process::Command;
+
+use crate::util::{classify, root, shared, stderr_of, stdout_of};
 
 #[test]
 fn predict_prints_one_json_object_per_image() {
@@ -127,6 +129,48 @@ fn bad_arguments_exit_2_with_a_message() {
             stderr_of(&output)
         );
     }
+}
+
+/// `EDGE_KERNELS` forces a level of the kernel table: one this CPU cannot run stops the
+/// command before any work, naming the levels it can; `classify bench` says which
+/// kernels ran.
+#[test]
+fn edge_kernels_forces_a_level_or_is_refused() {
+    let cup = shared().join("data/photos/coffee_cup.jpg");
+    let run = |level: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_classify"))
+            .args(args)
+            .current_dir(root())
+            .env("RUST_LOG", "warn")
+            .env("EDGE_KERNELS", level)
+            .output()
+            .expect("the classify binary runs")
+    };
+    let refused = run("z80", &["predict", cup.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    let message = stderr_of(&refused);
+    assert!(
+        message.contains("EDGE_KERNELS=z80") && message.contains("portable"),
+        "{message}"
+    );
+    assert!(stdout_of(&refused).is_empty(), "no work before the refusal");
+    let bench = [
+        "bench",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--format",
+        "json",
+    ];
+    let output = run("portable", &bench);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let result: serde_json::Value = serde_json::from_str(stdout_of(&output).trim()).unwrap();
+    assert_eq!(result["kernel_level"], "portable", "{result}");
+    assert_eq!(result["kernels"]["f32"], "gemm-crate", "{result}");
+    assert_eq!(result["kernels"]["int8"], "reference", "{result}");
 }
 
 #[test]

@@ -279,6 +279,9 @@ fn page_metrics_and_probes() {
         "http_requests_in_flight",
         "classify_inference_seconds_count{model=\"resnet50\"} 1",
         "classify_model_load_seconds{model=\"resnet50\"}",
+        "classify_kernel_info{kernel=",
+        "op=\"f32\"} 1",
+        "op=\"int8\"} 1",
     ] {
         assert!(
             metrics.body.contains(name),
