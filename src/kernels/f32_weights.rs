@@ -47,17 +47,25 @@ pub(crate) enum F32Run {
 /// A panel kernel: `c = finish(start + left * w)` over the columns of `panels`.
 ///
 /// # Safety
-/// The CPU runs the kernel (the table lists it); `left` holds `m` rows of `w.k` values
-/// (its bounds checked), `c` points at `m x w.n` values of which this call alone reads
-/// and writes the columns of `panels`, `w` is in panels.
-pub(crate) type PanelKernel = unsafe fn(
-    w: &F32Weights,
-    m: usize,
-    left: Left,
-    c: *mut f32,
-    finish: &Finish,
-    panels: Range<usize>,
-);
+/// The CPU runs the kernel (the table lists it) and the product's operands hold what it
+/// reads and writes ([`PanelProduct`]).
+pub(crate) type PanelKernel = unsafe fn(&PanelProduct);
+
+/// The operands of a panel kernel.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct PanelProduct<'a> {
+    /// The weights, in panels.
+    pub w: &'a F32Weights,
+    /// Rows of the product.
+    pub m: usize,
+    /// `m` rows of `w.k` values (bounds checked by the caller).
+    pub left: Left<'a>,
+    /// `m x w.n` values, of which this call alone reads and writes the columns of
+    /// `panels`.
+    pub c: *mut f32,
+    pub finish: &'a Finish<'a>,
+    pub panels: Range<usize>,
+}
 
 impl F32Kernel {
     /// Whether the kernel reads panels (and so runs padded rows and columns).
@@ -188,11 +196,17 @@ impl F32Weights {
                 finish.apply_relu(c);
             }
             F32Run::Panels(run) => {
-                let panels = 0..n.div_ceil(PANEL);
-                let left = Left::Matrix { a, lda };
+                let product = PanelProduct {
+                    w: self,
+                    m,
+                    left: Left::Matrix { a, lda },
+                    c: c.as_mut_ptr(),
+                    finish,
+                    panels: 0..n.div_ceil(PANEL),
+                };
                 // SAFETY: the table lists the kernel for this CPU; `check` bounds `a` and
                 // `c`, which this call borrows whole.
-                unsafe { run(self, m, left, c.as_mut_ptr(), finish, panels) }
+                unsafe { run(&product) }
             }
         }
     }
@@ -240,12 +254,18 @@ impl F32Weights {
             last + rows.kernel_row_len() <= rows.data.len(),
             "rows end below"
         );
-        let panels = 0..self.n.div_ceil(PANEL);
-        let left = Left::Padded { rows, first_pixel };
+        let product = PanelProduct {
+            w: self,
+            m,
+            left: Left::Padded { rows, first_pixel },
+            c: c.as_mut_ptr(),
+            finish,
+            panels: 0..self.n.div_ceil(PANEL),
+        };
         // SAFETY: the table lists the kernel for this CPU; the asserts above bound every
         // kernel row of every pixel (the last one lies furthest) and `c`, which this call
         // borrows whole.
-        unsafe { run(self, m, left, c.as_mut_ptr(), finish, panels) };
+        unsafe { run(&product) };
     }
 
     /// Splits the columns into `parts` ranges of whole panels (fewer when there are fewer
@@ -279,10 +299,17 @@ impl F32Weights {
         assert!(columns.start.is_multiple_of(PANEL) && columns.end <= self.n);
         assert!(m == 0 || a.len() >= (m - 1) * lda + self.k, "a is m x k");
         finish.check_len(m * self.n, self.n);
-        let panels = columns.start / PANEL..columns.end.div_ceil(PANEL);
+        let product = PanelProduct {
+            w: self,
+            m,
+            left: Left::Matrix { a, lda },
+            c,
+            finish,
+            panels: columns.start / PANEL..columns.end.div_ceil(PANEL),
+        };
         // SAFETY: the table lists the kernel for this CPU; `a`, the bias and the
         // shortcut are bounded above; `c` and its columns are the caller's word.
-        run(self, m, Left::Matrix { a, lda }, c, finish, panels);
+        run(&product);
     }
 
     /// The portable reference of [`Self::run`], whatever the layout.

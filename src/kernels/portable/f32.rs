@@ -34,14 +34,15 @@ pub(crate) static PANELS_REFERENCE: F32Kernel = F32Kernel {
 /// # Safety
 /// As [`crate::kernels::f32_weights::PanelKernel`].
 #[cfg(test)]
-unsafe fn panels_reference(
-    w: &crate::kernels::f32_weights::F32Weights,
-    m: usize,
-    left: crate::kernels::f32_weights::Left,
-    c: *mut f32,
-    finish: &crate::kernels::Finish,
-    panels: std::ops::Range<usize>,
-) {
+unsafe fn panels_reference(product: &crate::kernels::f32_weights::PanelProduct) {
+    let crate::kernels::f32_weights::PanelProduct {
+        w,
+        m,
+        left,
+        c,
+        finish,
+        ref panels,
+    } = *product;
     use crate::kernels::f32_weights::PANEL;
     use crate::kernels::Start;
     let (k, n) = (w.k, w.n);

@@ -9,8 +9,8 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::f32::{PanelTile, Segment, Tile};
-use crate::kernels::{unrolled, TileFinish};
+use super::f32::{for_each_kept, segment_loops, PanelTile, Segment, Tile};
+use crate::kernels::unrolled;
 
 /// Rows of the main tile.
 const ROWS: usize = 3;
@@ -26,8 +26,8 @@ impl PanelTile for Avx2 {
     unsafe fn run(rows: usize, t: &Tile) {
         match rows {
             ROWS => {
-                let sums = sums_3(t.segments, t.lda, t.b, t.fetch);
-                store(&sums, t.c, t.ldc, t.cols, &t.finish)
+                let sums = sums_3(t);
+                store(&sums, t)
             }
             1 => tile::<1>(t),
             2 => tile::<2>(t),
@@ -56,7 +56,7 @@ unsafe fn tile<const MR: usize>(t: &Tile) {
             }
         }
     });
-    store(&acc, t.c, t.ldc, t.cols, &t.finish);
+    store(&acc, t);
 }
 
 /// One k of the 3 x 32 tile: `$a` bytes into the rows, `$b` into the panel. Rows 0, 1
@@ -119,89 +119,47 @@ macro_rules! step_3 {
 /// registers first: four more instructions a k).
 ///
 /// # Safety
-/// AVX2 and FMA are present; `segments` (at least one) hold 3 rows each, `lda` apart, of
-/// as many values as they say; `b` a panel of 32 values a k for all of them.
+/// AVX2 and FMA are present; as [`PanelTile::run`], with 3 rows and at least one segment.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sums_3(
-    segments: &[Segment],
-    lda: usize,
-    b: *const f32,
-    (fetch_at, fetch_step): (*const u8, usize),
-) -> Sums<ROWS> {
+unsafe fn sums_3(t: &Tile) -> Sums<ROWS> {
+    let segments: &[Segment] = t.segments;
     assert!(!segments.is_empty());
     let mut s = [_mm256_setzero_ps(); 4 * ROWS];
     asm!(
-        "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2",
-        "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5",
-        "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8",
-        "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11",
-        // Each segment: its quads of k, then the rest.
-        "6:",
-        "mov {p0}, [{segment}]",
-        "mov {count}, [{segment} + 8]",
-        "test {count}, {count}",
-        "jz 3f",
-        "2:",
-        step_3!(0, 0),
-        step_3!(4, 128),
-        step_3!(8, 256),
-        step_3!(12, 384),
-        "prefetcht1 [{pf}]", "prefetcht1 [{pf} + 64]",
-        "add {pf}, {pf_step}",
-        "add {p0}, 16",
-        "add {b}, 512",
-        "dec {count}",
-        "jnz 2b",
-        "3:",
-        "mov {count}, [{segment} + 16]",
-        "test {count}, {count}",
-        "jz 5f",
-        "4:",
-        step_3!(0, 0),
-        "add {p0}, 4",
-        "add {b}, 128",
-        "dec {count}",
-        "jnz 4b",
-        "5:",
-        "add {segment}, 24",
-        "dec {segments}",
-        "jnz 6b",
+        // The sums start at zero: every ymm register at once.
+        "vzeroall",
+        segment_loops!(
+            rows: [],
+            quad: [step_3!(0, 0), step_3!(4, 128), step_3!(8, 256), step_3!(12, 384)],
+            fetch: ["prefetcht1 [{pf}]", "prefetcht1 [{pf} + 64]"],
+            next_quad: ["add {p0}, 16"],
+            one: [step_3!(0, 0)],
+            next_one: ["add {p0}, 4"],
+        ),
         p0 = out(reg) _,
-        l = in(reg) lda * 4,
-        b = inout(reg) b => _,
+        l = in(reg) t.lda * 4,
+        b = inout(reg) t.b => _,
         count = out(reg) _,
         segment = inout(reg) segments.as_ptr() => _,
         segments = inout(reg) segments.len() => _,
-        pf = inout(reg) fetch_at => _,
-        pf_step = in(reg) fetch_step,
+        pf = inout(reg) t.fetch.0 => _,
+        pf_step = in(reg) t.fetch.1,
         out("ymm0") s[0], out("ymm1") s[1], out("ymm2") s[2], out("ymm3") s[3],
         out("ymm4") s[4], out("ymm5") s[5], out("ymm6") s[6], out("ymm7") s[7],
         out("ymm8") s[8], out("ymm9") s[9], out("ymm10") s[10], out("ymm11") s[11],
-        out("ymm12") _, out("ymm13") _, out("ymm14") _,
+        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
         options(nostack, readonly),
     );
     unrolled(|r| [s[4 * r], s[4 * r + 1], s[4 * r + 2], s[4 * r + 3]])
 }
 
-/// Finishes a tile's sums into `c` (rows `ldc` apart, `cols` of them kept).
+/// Finishes a tile's sums into its output (the columns kept).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn store<const MR: usize>(
-    acc: &Sums<MR>,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    finish: &TileFinish,
-) {
-    for (r, acc) in acc.iter().enumerate() {
-        for (quarter, &sums) in acc.iter().enumerate() {
-            let first = quarter * 8;
-            if first >= cols {
-                break;
-            }
-            let add = |start| _mm256_add_ps(sums, start);
-            finish.store8(add, c, r, ldc, first, cols);
-        }
-    }
+unsafe fn store<const MR: usize>(acc: &Sums<MR>, t: &Tile) {
+    for_each_kept!(acc, 8, t.cols, |sums, r, first| {
+        let add = |start| _mm256_add_ps(sums, start);
+        t.finish.store8(add, t.c, r, t.ldc, first, t.cols)
+    });
 }

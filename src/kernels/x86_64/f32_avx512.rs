@@ -5,7 +5,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::f32::{PanelTile, Segment, Tile};
+use super::f32::{for_each_kept, segment_loops, PanelTile, Segment, Tile};
 use crate::kernels::f32_weights::TILE_ROWS as ROWS;
 use crate::kernels::{unrolled, TileFinish, FETCH_AHEAD_BYTES};
 
@@ -145,41 +145,22 @@ unsafe fn sums_14(
         "vpxord zmm24, zmm24, zmm24", "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26",
         "vpxord zmm27, zmm27, zmm27",
         // Each segment: its rows 0, 3, 6, 9 and 12, then its quads of k, then the rest.
-        "6:",
-        "mov {p0}, [{segment}]",
-        "mov {count}, [{segment} + 8]",
-        "lea {p3}, [{p0} + {l}*2]", "add {p3}, {l}",
-        "lea {p6}, [{p3} + {l}*2]", "add {p6}, {l}",
-        "lea {p9}, [{p6} + {l}*2]", "add {p9}, {l}",
-        "lea {p12}, [{p9} + {l}*2]", "add {p12}, {l}",
-        "test {count}, {count}",
-        "jz 3f",
-        "2:",
-        step_14!(0, 0),
-        step_14!(4, 128),
-        step_14!(8, 256),
-        step_14!(12, 384),
-        "prefetcht1 [{pf}]", "prefetcht1 [{pf} + 64]",
-        "prefetcht1 [{pf} + 128]", "prefetcht1 [{pf} + 192]",
-        "add {pf}, {pf_step}",
-        "add {p0}, 16", "add {p3}, 16", "add {p6}, 16", "add {p9}, 16", "add {p12}, 16",
-        "add {b}, 512",
-        "dec {count}",
-        "jnz 2b",
-        "3:",
-        "mov {count}, [{segment} + 16]",
-        "test {count}, {count}",
-        "jz 5f",
-        "4:",
-        step_14!(0, 0),
-        "add {p0}, 4", "add {p3}, 4", "add {p6}, 4", "add {p9}, 4", "add {p12}, 4",
-        "add {b}, 128",
-        "dec {count}",
-        "jnz 4b",
-        "5:",
-        "add {segment}, 24",
-        "dec {segments}",
-        "jnz 6b",
+        segment_loops!(
+            rows: [
+                "lea {p3}, [{p0} + {l}*2]", "add {p3}, {l}",
+                "lea {p6}, [{p3} + {l}*2]", "add {p6}, {l}",
+                "lea {p9}, [{p6} + {l}*2]", "add {p9}, {l}",
+                "lea {p12}, [{p9} + {l}*2]", "add {p12}, {l}"
+            ],
+            quad: [step_14!(0, 0), step_14!(4, 128), step_14!(8, 256), step_14!(12, 384)],
+            fetch: [
+                "prefetcht1 [{pf}]", "prefetcht1 [{pf} + 64]",
+                "prefetcht1 [{pf} + 128]", "prefetcht1 [{pf} + 192]"
+            ],
+            next_quad: ["add {p0}, 16", "add {p3}, 16", "add {p6}, 16", "add {p9}, 16", "add {p12}, 16"],
+            one: [step_14!(0, 0)],
+            next_one: ["add {p0}, 4", "add {p3}, 4", "add {p6}, 4", "add {p9}, 4", "add {p12}, 4"],
+        ),
         p0 = out(reg) _,
         p3 = out(reg) _,
         p6 = out(reg) _,
@@ -216,14 +197,8 @@ unsafe fn store<const MR: usize>(
     cols: usize,
     finish: &TileFinish,
 ) {
-    for (r, acc) in acc.iter().enumerate() {
-        for (half, &sums) in acc.iter().enumerate() {
-            let first = half * 16;
-            if first >= cols {
-                break;
-            }
-            let add = |start| _mm512_add_ps(sums, start);
-            finish.store16(add, c, r, ldc, first, TileFinish::lanes(first, cols));
-        }
-    }
+    for_each_kept!(acc, 16, cols, |sums, r, first| {
+        let add = |start| _mm512_add_ps(sums, start);
+        finish.store16(add, c, r, ldc, first, TileFinish::lanes(first, cols))
+    });
 }
