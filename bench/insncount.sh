@@ -55,7 +55,7 @@ run_ort() { # qemu cpu model iters
 per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
 
 {
-    echo "| target | CPU model | precision | int8 kernel | instructions per image |"
+    echo "| target | CPU model | precision | kernel | instructions per image |"
 
     echo "| --- | --- | --- | --- | --- |"
     for config in \
@@ -72,7 +72,8 @@ per_image() { awk -v n="$1" 'BEGIN { printf "%.2fe9", n / 1e9 }'; }
         for precision in f32 int8; do
             run "$qemu" "$cpu" "$binary" "$precision" 1
             one=$(instructions)
-            kernel=$(sed -n 's/.* kernels .*int8="\{0,1\}\([a-z0-9-]*\).*/\1/p' "$log" | head -n 1)
+            # The product kernel of this precision, from the kernel table's log line.
+            kernel=$(sed -n "s/.* kernels .* $precision=\"\{0,1\}\([a-z0-9-]*\).*/\1/p" "$log" | head -n 1)
             [ -n "$kernel" ] || kernel="-"
             run "$qemu" "$cpu" "$binary" "$precision" 3
             three=$(instructions)
