@@ -25,8 +25,9 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::qgemm as x86;
+use super::tile::TileFinish;
 use crate::kernels::qgemm::{Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
-use crate::kernels::{Finish, TileFinish};
+use crate::kernels::Finish;
 
 pub static AMX: Kernel = Kernel {
     name: "amx",

@@ -11,8 +11,9 @@ use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
 
 use super::f32_avx2::Avx2;
 use super::f32_avx512::Avx512;
+use super::tile::{fetch_ahead, TileFinish};
 use crate::kernels::f32_weights::{F32Kernel, F32Run, Left, PanelProduct, PANEL};
-use crate::kernels::{fetch_ahead, panel_blocks, Finish, TileFinish};
+use crate::kernels::{panel_blocks, Finish};
 
 pub static AVX512: F32Kernel = F32Kernel {
     name: "avx512",

@@ -6,8 +6,9 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::f32::{for_each_kept, segment_loops, PanelTile, Segment, Tile};
+use super::tile::{TileFinish, FETCH_AHEAD_BYTES};
 use crate::kernels::f32_weights::TILE_ROWS as ROWS;
-use crate::kernels::{unrolled, TileFinish, FETCH_AHEAD_BYTES};
+use crate::kernels::unrolled;
 
 /// The 14 x 32 tile.
 pub(super) struct Avx512;

@@ -14,6 +14,7 @@ mod f32_avx512;
 pub mod pool;
 pub mod qgemm;
 pub mod quantize;
+pub mod tile;
 
 #[cfg(target_os = "linux")]
 pub mod amx;

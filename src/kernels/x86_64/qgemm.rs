@@ -5,9 +5,9 @@
 
 use std::arch::x86_64::*;
 
+use super::tile::{fetch_ahead, TileFinish};
 use crate::kernels::qgemm::{quad_of, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
 use crate::kernels::Finish;
-use crate::kernels::{fetch_ahead, TileFinish};
 
 pub static AVX2: Kernel = Kernel {
     name: "avx2",
