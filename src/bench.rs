@@ -106,6 +106,7 @@ pub fn run(model: &Arc<Classifier>, image: &[u8], options: &BenchOptions) -> Res
     let images_per_s =
         (options.concurrency * options.iters) as f64 / started.elapsed().as_secs_f64();
 
+    let kernels = crate::kernels::table();
     Ok(BenchResult {
         model: model.name().to_string(),
         precision: model.precision().name(),
@@ -119,8 +120,8 @@ pub fn run(model: &Arc<Classifier>, image: &[u8], options: &BenchOptions) -> Res
         images_per_s,
         load_s: model.load_seconds(),
         peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
-        kernel_level: crate::kernels::table().level,
-        kernels: crate::kernels::table().entries().into_iter().collect(),
+        kernel_level: kernels.level,
+        kernels: kernels.entries().into_iter().collect(),
     })
 }
 

@@ -166,11 +166,6 @@ impl F32Weights {
         self.data[self.index(row, col)]
     }
 
-    /// The kernel the weights are laid out for.
-    pub fn kernel(&self) -> &'static F32Kernel {
-        self.kernel
-    }
-
     /// `c = finish(start + a * self)`: `a` is `m x k` with row stride `lda`, `c` exactly
     /// `m x n`. One thread (the plan runs bands of rows in parallel).
     pub fn run(&self, m: usize, a: &[f32], lda: usize, c: &mut [f32], finish: &Finish) {

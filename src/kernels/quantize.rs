@@ -7,12 +7,15 @@
 
 use super::table::table;
 
-/// One build of the two loops.
+/// One build of the loops.
 #[derive(Debug)]
 pub struct QuantizeKernel {
     pub name: &'static str,
     /// The largest value, or 0 when none is positive.
     pub max_value: fn(&[f32]) -> f32,
+    /// [`maxima`]: the loop over pixels in the kernel's own build, so that each pixel's
+    /// maximum is inlined rather than a call through the table.
+    pub maxima: fn(&[f32], usize, &mut [f32]),
     /// `out[i] = round(values[i] * inverse_scale)` clamped to `0..=max` (equal lengths).
     pub quantize: fn(&[f32], f32, u8, &mut [u8]),
 }
@@ -26,10 +29,7 @@ pub fn max_value(values: &[f32]) -> f32 {
 /// pixel of an NHWC feature map.
 pub fn maxima(values: &[f32], run: usize, out: &mut [f32]) {
     assert_eq!(values.len(), run * out.len());
-    let max_value = table().quantize.max_value;
-    for (values, largest) in values.chunks_exact(run).zip(out) {
-        *largest = max_value(values);
-    }
+    (table().quantize.maxima)(values, run, out)
 }
 
 /// `out[i] = round(values[i] * inverse_scale)` clamped to `0..=max`.
@@ -49,6 +49,7 @@ mod tests {
     static DISPATCHED: QuantizeKernel = QuantizeKernel {
         name: "dispatched",
         max_value,
+        maxima,
         quantize,
     };
 
@@ -82,6 +83,12 @@ mod tests {
             {
                 assert_eq!(max_value(&values), largest, "{name}");
                 assert_eq!(max_value(&[-3.0, -1.0]), 0.0, "{name}");
+                // Runs of 17 (a vector and a tail), each against the portable maximum.
+                let runs = &values[..17 * 59];
+                let mut maxima = vec![f32::NAN; 59];
+                (kernel.maxima)(runs, 17, &mut maxima);
+                let expected: Vec<f32> = runs.chunks(17).map(max_value_portable).collect();
+                assert_eq!(maxima, expected, "{name}");
                 let mut fast = vec![0; values.len()];
                 quantize(&values, 255.0 / largest, 255, &mut fast);
                 assert_eq!(fast, portable, "{name}");

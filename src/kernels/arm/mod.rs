@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use super::f32_weights::{F32Kernel, F32Run};
 use super::gemm::tiled;
 use super::portable;
-use super::portable::quantize::{max_value_portable, quantize_portable};
+use super::portable::quantize::{max_value_portable, maxima_portable, quantize_portable};
 use super::quantize::QuantizeKernel;
 use super::table::{Kernels, Level};
 
@@ -41,6 +41,7 @@ pub static F32_NEON: F32Kernel = F32Kernel {
 pub static QUANTIZE_NEON: QuantizeKernel = QuantizeKernel {
     name: "neon-armv7",
     max_value: max_value_portable,
+    maxima: maxima_portable,
     quantize: |values, inverse_scale, max, out| {
         // SAFETY: `plug` lists it only when the CPU has NEON.
         let done = unsafe { quantize_prefix(values, inverse_scale, max, out) };

@@ -7,6 +7,7 @@ use crate::kernels::quantize::QuantizeKernel;
 pub static QUANTIZE: QuantizeKernel = QuantizeKernel {
     name: "portable",
     max_value: max_value_portable,
+    maxima: maxima_portable,
     quantize: quantize_portable,
 };
 
@@ -25,6 +26,14 @@ pub(crate) fn max_value_portable(values: &[f32]) -> f32 {
         .iter()
         .chain(&lanes)
         .fold(0f32, |m, &x| if x > m { x } else { m })
+}
+
+/// The largest value of each run of `run` values (equal lengths checked by the caller).
+#[inline(always)]
+pub(crate) fn maxima_portable(values: &[f32], run: usize, out: &mut [f32]) {
+    for (values, largest) in values.chunks_exact(run).zip(out) {
+        *largest = max_value_portable(values);
+    }
 }
 
 #[inline(always)]
