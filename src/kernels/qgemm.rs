@@ -241,26 +241,7 @@ mod tests {
                     1 + rng.below(3 * PANEL),
                     rng.below(41),
                 );
-                let (a, lda, b) = random_case(&mut rng, m, n, k, kernel.max_activation);
-                let scale = vec![1.0; n];
-                let row_scale = vec![1.0; m];
-                let product = QMatMul {
-                    m,
-                    a: &a,
-                    lda,
-                    b: &b,
-                    scale: &scale,
-                    row_scale: &row_scale,
-                };
-                let mut ours = vec![0.0; m * n];
-                kernel.accumulate(&product, &mut ours);
-                let mut expected = vec![0.0; m * n];
-                REFERENCE.accumulate(&product, &mut expected);
-                assert_eq!(
-                    ours, expected,
-                    "{} case {case}: m={m} n={n} k={k}",
-                    kernel.name
-                );
+                assert_exact_match(kernel, &mut rng, (m, n, k), &vec![0.0; m * n], case);
             }
         }
     }
@@ -278,27 +259,39 @@ mod tests {
                     1 + rng.below(3 * PANEL),
                     64 * (1 + rng.below(4)),
                 );
-                let (a, lda, b) = random_case(&mut rng, m, n, k, kernel.max_activation);
-                let (scale, row_scale) = (vec![1.0; n], vec![1.0; m]);
-                let product = QMatMul {
-                    m,
-                    a: &a,
-                    lda,
-                    b: &b,
-                    scale: &scale,
-                    row_scale: &row_scale,
-                };
                 let init: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32).collect();
-                let (mut ours, mut expected) = (init.clone(), init);
-                kernel.accumulate(&product, &mut ours);
-                REFERENCE.accumulate(&product, &mut expected);
-                assert_eq!(
-                    ours, expected,
-                    "{} case {case}: m={m} n={n} k={k}",
-                    kernel.name
-                );
+                assert_exact_match(kernel, &mut rng, (m, n, k), &init, case);
             }
         }
+    }
+
+    /// `kernel` against the reference on one random `m x n x k` product with unit
+    /// scales, accumulated onto `init`: integer sums, so the results are equal exactly.
+    fn assert_exact_match(
+        kernel: &Kernel,
+        rng: &mut Lcg,
+        (m, n, k): Dims,
+        init: &[f32],
+        case: usize,
+    ) {
+        let (a, lda, b) = random_case(rng, m, n, k, kernel.max_activation);
+        let (scale, row_scale) = (vec![1.0; n], vec![1.0; m]);
+        let product = QMatMul {
+            m,
+            a: &a,
+            lda,
+            b: &b,
+            scale: &scale,
+            row_scale: &row_scale,
+        };
+        let (mut ours, mut expected) = (init.to_vec(), init.to_vec());
+        kernel.accumulate(&product, &mut ours);
+        REFERENCE.accumulate(&product, &mut expected);
+        assert_eq!(
+            ours, expected,
+            "{} case {case}: m={m} n={n} k={k}",
+            kernel.name
+        );
     }
 
     /// `kernel` against the reference on one random `m x n x k` product with scales,
