@@ -40,7 +40,8 @@ ARCHES ?= amd64 arm64 armv7
 # amd64 carries both precisions and serves f32. The ARM images carry only the int8
 # weights and serve them (NEON int8 kernels on both; a quarter of the memory of f32 and a
 # small image for SD cards and slow links).
-WEIGHTS_COMMON := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-head.safetensors
+WEIGHTS_COMMON := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-head.safetensors \
+	pets.safetensors pets-labels.tsv
 WEIGHTS_INT8 := resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
 WEIGHTS_F32 := resnet50.safetensors catsdogs-cnn.safetensors
 

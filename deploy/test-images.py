@@ -212,6 +212,15 @@ def test_arch(name):
             top = answer["predictions"][0]
             figures["top1"] = f"{top['label']} {top['score']:.3f}"
             check(top["label"] == "tiger", f"tiger.jpg classified as {top}")
+            # Every image carries pets (cat, dog, other): a tiger is not a pet cat.
+            status, body = http("GET", f"http://127.0.0.1:{port}/_/models")
+            served = [m["name"] for m in json.loads(body)["models"]] if status == 200 else []
+            check("pets" in served, f"/_/models answered {status}, serving {served}")
+            status, body = http("POST", f"http://127.0.0.1:{port}/pets", photo, timeout=CLASSIFY_SECONDS)
+            check(status == 200, f"POST /pets answered {status}: {body[:300]!r}")
+            pet = json.loads(body)["predictions"][0]
+            figures["pets"] = f"{pet['label']} {pet['score']:.3f}"
+            check(pet["label"] == "other", f"pets called tiger.jpg {pet}")
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=60)
             check(code == 0, f"exit {code} after SIGTERM: {log_path.read_text()}")

@@ -25,11 +25,12 @@ use crate::weights::CheckedWeights;
 enum Network {
     ResNet(Arc<ResNetPlan>),
     SmallCnn(Box<SmallCnnPlan>),
-    /// A logistic head on a shared backbone's pooled features.
+    /// A softmax head on a shared backbone's [`ResNetPlan::head_features`]: `weight` is
+    /// `[classes, features]`, row-major.
     Head {
         backbone: Arc<ResNetPlan>,
-        kernel: Vec<f32>,
-        bias: f32,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
     },
 }
 
@@ -167,21 +168,19 @@ impl Classifier {
                     }))
                 }
                 Architecture::Resnet50Head => {
-                    check_binary(&labels)?;
                     let backbone = spec
                         .backbone
                         .as_ref()
                         .context("a resnet50-head model without a backbone")?;
                     let backbone = load_backbone(backbone, precision)?;
                     let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
-                    let head = weights
-                        .build(|vb| candle_nn::linear(backbone.feature_dim(), 1, vb.pp("head")))?;
+                    // Shapes are checked against the labels: one output per class.
+                    let head = weights.build(|vb| {
+                        candle_nn::linear(backbone.head_feature_dim(), labels.len(), vb.pp("head"))
+                    })?;
                     Network::Head {
-                        kernel: head.weight().flatten_all()?.to_vec1()?,
-                        bias: head
-                            .bias()
-                            .context("a head with a bias")?
-                            .to_vec1::<f32>()?[0],
+                        weight: head.weight().flatten_all()?.to_vec1()?,
+                        bias: head.bias().context("a head with a bias")?.to_vec1()?,
                         backbone,
                     }
                 }
@@ -255,25 +254,47 @@ impl Classifier {
         let (images, _, height, width) = batch.dims4()?;
         // The images as the batch holds them (no copy when it is contiguous f32).
         let logits = plan::with_f32_values(batch, |values| {
-            let rows = values
-                .chunks_exact(3 * height * width)
-                .map(|image| match &self.network {
-                    Network::ResNet(net) => net.forward(image, height, width, threads),
-                    Network::Head {
-                        backbone,
-                        kernel,
-                        bias,
-                    } => {
-                        let features = backbone.features(image, height, width, threads);
-                        let logit: f32 = features.iter().zip(kernel).map(|(f, k)| f * k).sum();
-                        vec![0.0, logit + bias]
+            let rows = values.chunks_exact(3 * height * width).map(|image| {
+                let mut logits = self.image_logits(image, height, width, threads);
+                if self.spec.flip_average {
+                    let mirrored = preprocess::mirrored(image, height, width);
+                    let other = self.image_logits(&mirrored, height, width, threads);
+                    for (logit, other) in logits.iter_mut().zip(other) {
+                        *logit = (*logit + other) / 2.0;
                     }
-                    Network::SmallCnn(net) => vec![0.0, net.forward(image, height, width, threads)],
-                });
+                }
+                logits
+            });
             rows.flatten().collect::<Vec<f32>>()
         })?;
         let outputs = logits.len() / images.max(1);
         Ok(Tensor::from_vec(logits, (images, outputs), batch.device())?)
+    }
+
+    /// The network's outputs for one preprocessed image (`[3, height, width]` values).
+    fn image_logits(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        threads: Threads,
+    ) -> Vec<f32> {
+        match &self.network {
+            Network::ResNet(net) => net.forward(image, height, width, threads),
+            Network::Head {
+                backbone,
+                weight,
+                bias,
+            } => {
+                let features = backbone.head_features(image, height, width, threads);
+                weight
+                    .chunks_exact(features.len())
+                    .zip(bias)
+                    .map(|(row, b)| b + row.iter().zip(&features).map(|(w, f)| w * f).sum::<f32>())
+                    .collect()
+            }
+            Network::SmallCnn(net) => vec![0.0, net.forward(image, height, width, threads)],
+        }
     }
 
     /// Class probabilities for a preprocessed batch, `[n, classes]`.

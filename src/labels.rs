@@ -5,6 +5,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+/// Most classes a model may have (ImageNet's 1000); training refuses more.
+pub const MAX_CLASSES: usize = 1000;
+
 /// One output class.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Label {

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use crate::labels::Labels;
 
-/// Most predictions one answer may list (`--top`, `?top=`).
-pub const MAX_TOP: usize = 20;
+/// Most predictions one answer may list (`--top`, `?top=`): every class of the largest
+/// model. A `top` above a model's classes answers them all.
+pub const MAX_TOP: usize = crate::labels::MAX_CLASSES;
 /// Predictions listed when the caller does not say.
 pub const DEFAULT_TOP: usize = 5;
 

@@ -12,6 +12,8 @@ mod deploy;
 mod faults;
 mod fuzz_corpus;
 mod loading;
+mod own_classes;
+mod pets;
 mod quantize;
 mod reference;
 mod server;

@@ -36,37 +36,28 @@ pub fn manifest() -> Manifest {
 /// `weights` (promising `sha256`) and every other file the committed one; returns its path.
 pub fn manifest_with_weights(dir: &Path, weights: &Path, sha256: &str) -> PathBuf {
     let committed = std::fs::read_to_string(root().join("weights/models.toml")).unwrap();
-    let text = committed
-        .replace(
-            "\"resnet50.safetensors\"",
-            &format!("{:?}", weights.to_str().unwrap()),
-        )
-        .replace(
-            "\"resnet50-int8.safetensors\"",
-            &format!(
-                "{:?}",
-                root()
-                    .join("weights/resnet50-int8.safetensors")
-                    .to_str()
-                    .unwrap()
-            ),
-        )
-        .replace(
-            "\"imagenet-labels.tsv\"",
-            &format!(
-                "{:?}",
-                root().join("weights/imagenet-labels.tsv").to_str().unwrap()
-            ),
-        )
-        .replace(COMMITTED_SHA256, sha256)
-        .replace(
-            "weights = \"catsdogs-",
-            &format!("weights = \"{}/weights/catsdogs-", root().to_str().unwrap()),
-        )
-        .replace(
-            "labels = \"catsdogs-",
-            &format!("labels = \"{}/weights/catsdogs-", root().to_str().unwrap()),
-        );
+    // Every file the manifest names, by an absolute path (the committed one but for the
+    // ResNet-50 weights).
+    let absolute = |file: &str| match file {
+        "resnet50.safetensors" => weights.to_path_buf(),
+        other => root().join("weights").join(other),
+    };
+    let text: String = committed
+        .lines()
+        .map(|line| {
+            let file = ["weights = \"", "labels = \""]
+                .iter()
+                .find_map(|key| line.strip_prefix(key)?.strip_suffix('"'));
+            match file {
+                Some(file) => line.replace(
+                    &format!("{file:?}"),
+                    &format!("{:?}", absolute(file).to_str().unwrap()),
+                ),
+                None => line.replace(COMMITTED_SHA256, sha256),
+            }
+        })
+        .map(|line| line + "\n")
+        .collect();
     let path = dir.join("models.toml");
     std::fs::write(&path, text).unwrap();
     path

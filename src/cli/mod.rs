@@ -12,6 +12,7 @@ mod train;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::manifest::{default_manifest_path, Manifest};
@@ -27,6 +28,11 @@ pub struct Args {
     #[arg(long, global = true, env = "CLASSIFY_MANIFEST", value_name = "FILE")]
     pub manifest: Option<PathBuf>,
 
+    /// A second manifest's folder (DIR/models.toml, e.g. a mounted volume) whose models
+    /// join the built-in ones; where `train` adds new models.
+    #[arg(long, global = true, env = "models_dir", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,7 +45,7 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Measure load time, latency, throughput and memory on this machine.
     Bench(bench::BenchArgs),
-    /// Train a dogs-vs-cats model (the small CNN or the ResNet-50 transfer head).
+    /// Train a classifier for your own labelled folders (a head on a frozen backbone), or retrain the small CNN.
     Train(train::TrainArgs),
     /// Write a model's int8 weights file (what the ARM images carry).
     Quantize(quantize::QuantizeArgs),
@@ -85,7 +91,19 @@ pub fn main() -> ExitCode {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let manifest_path = args.manifest.unwrap_or_else(default_manifest_path);
     // Loaded by the commands that use models; the health check only asks the function.
-    let manifest = || Manifest::load(&manifest_path);
+    let models_dir = args.models_dir.filter(|dir| !dir.as_os_str().is_empty());
+    if let (Some(dir), Command::Train(_)) = (&models_dir, &args.command) {
+        // Training makes the models dir it adds to.
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the models dir {}", dir.display()))?;
+    }
+    let manifest = || -> anyhow::Result<Manifest> {
+        let built_in = Manifest::load(&manifest_path)?;
+        Ok(match &models_dir {
+            Some(dir) => built_in.with_models_dir(dir),
+            None => built_in,
+        })
+    };
     if !matches!(args.command, Command::Healthcheck(_)) {
         // A bad EDGE_KERNELS stops every command that computes, before any work.
         crate::kernels::table::select()?;

@@ -9,7 +9,7 @@ pub mod resize;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use decode::{check_pixel_budget, decode_rgb, dimensions};
 
@@ -46,7 +46,7 @@ impl PreprocessError {
 }
 
 /// The spatial transform from a photo to the model's square input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResizeMode {
     /// Shorter side to `resize_shorter` (antialiased bilinear), then the centre square
@@ -60,7 +60,7 @@ pub enum ResizeMode {
 }
 
 /// The order of the colour planes the network expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelOrder {
     Rgb,
@@ -118,10 +118,40 @@ pub fn to_chw(image: &RgbImage, spec: &InputSpec) -> Tensor {
         .expect("the buffer has exactly 3 * height * width values")
 }
 
+/// The mirror image (left and right swapped) of planar values `[planes, height, width]`.
+pub fn mirrored(planar: &[f32], height: usize, width: usize) -> Vec<f32> {
+    debug_assert_eq!(planar.len() % (height * width), 0);
+    planar
+        .chunks_exact(width)
+        .flat_map(|row| row.iter().rev().copied())
+        .collect()
+}
+
+/// [`mirrored`] for a batch tensor `[n, planes, height, width]`.
+pub fn mirrored_batch(batch: &Tensor) -> candle_core::Result<Tensor> {
+    let width = batch.dim(3)?;
+    let reversed: Vec<u32> = (0..width as u32).rev().collect();
+    batch.index_select(&Tensor::new(reversed, batch.device())?, 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use image::Rgb;
+
+    #[test]
+    fn mirroring_swaps_left_and_right_in_every_plane_and_agrees_with_the_batch_form() {
+        // Two planes of 2 x 3.
+        let planar = [1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12.];
+        let mirrored_values = mirrored(&planar, 2, 3);
+        assert_eq!(
+            mirrored_values,
+            [3., 2., 1., 6., 5., 4., 9., 8., 7., 12., 11., 10.]
+        );
+        let batch = Tensor::from_slice(&planar, (1, 2, 2, 3), &Device::Cpu).unwrap();
+        let from_batch = mirrored_batch(&batch).unwrap().flatten_all().unwrap();
+        assert_eq!(from_batch.to_vec1::<f32>().unwrap(), mirrored_values);
+    }
 
     fn caffe() -> InputSpec {
         InputSpec {

@@ -171,7 +171,10 @@ fn route(state: &State, request: &Request) -> Route {
             "text/plain; version=0.0.4",
             state.metrics.render(),
         )),
-        "/_/health" | "/_/ready" | "/metrics" => Route::Now(Answer::method_not_allowed("GET")),
+        "/_/models" if is_get => Route::Now(list_models(state)),
+        "/_/health" | "/_/ready" | "/_/models" | "/metrics" => {
+            Route::Now(Answer::method_not_allowed("GET"))
+        }
         "/" if is_get => Route::Now(Answer::text(200, "text/html; charset=utf-8", PAGE)),
         _ => {
             let name = path.trim_matches('/');
@@ -225,6 +228,76 @@ fn ready(state: &State) -> Answer {
         return Answer::error(429, "busy", "max_inflight requests are running");
     }
     Answer::text(200, "text/plain", "OK")
+}
+
+/// `GET /_/models`: every model served, the default first, and why models of the
+/// models dir were refused.
+fn list_models(state: &State) -> Answer {
+    #[derive(Serialize)]
+    struct Listed<'a> {
+        name: &'a str,
+        description: &'a str,
+        architecture: &'static str,
+        backbone: Option<&'a str>,
+        classes: usize,
+        labels: Vec<&'a str>,
+        input: Input,
+        precision: &'static str,
+        /// The weights file in use (the int8 file's at int8, when there is one).
+        sha256: &'a str,
+        from_models_dir: bool,
+        default: bool,
+    }
+    #[derive(Serialize)]
+    struct Input {
+        size: u32,
+        resize: crate::preprocess::ResizeMode,
+    }
+    #[derive(Serialize)]
+    struct Listing<'a> {
+        models: Vec<Listed<'a>>,
+        refused: &'a [String],
+    }
+    let Some(models) = state.models.get() else {
+        return Answer::error(503, "loading", "the models are still loading");
+    };
+    let listed = models
+        .order
+        .iter()
+        .map(|classifier| {
+            let spec = classifier.spec();
+            let labels = classifier.labels();
+            let int8_file = spec
+                .int8
+                .as_ref()
+                .filter(|_| classifier.precision() == crate::plan::Precision::Int8);
+            Listed {
+                name: &spec.name,
+                description: &spec.description,
+                architecture: spec.architecture.name(),
+                backbone: spec.backbone.as_ref().map(|b| b.name.as_str()),
+                classes: labels.len(),
+                labels: (0..labels.len())
+                    .filter_map(|i| labels.get(i).map(|l| l.name()))
+                    .collect(),
+                input: Input {
+                    size: spec.input.size,
+                    resize: spec.input.resize,
+                },
+                precision: classifier.precision().name(),
+                sha256: int8_file.map_or(&spec.sha256, |file| &file.sha256),
+                from_models_dir: spec.from_models_dir,
+                default: Arc::ptr_eq(classifier, &models.default),
+            }
+        })
+        .collect();
+    Answer::json(
+        200,
+        &Listing {
+            models: listed,
+            refused: &models.refused,
+        },
+    )
 }
 
 fn at_capacity(state: &State) -> bool {

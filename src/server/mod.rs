@@ -33,7 +33,11 @@ use workers::WorkerPool;
 /// The loaded models and the pool that runs them; exists once loading succeeded.
 struct Models {
     by_name: HashMap<String, Arc<Classifier>>,
+    /// In the manifests' order, the default first.
+    order: Vec<Arc<Classifier>>,
     default: Arc<Classifier>,
+    /// Why models of the models dir are not served (the built-in ones always are).
+    refused: Vec<String>,
     pool: WorkerPool,
 }
 
@@ -67,6 +71,7 @@ pub fn serve(manifest: &Manifest, mut settings: ServeSettings) -> Result<()> {
         .into_iter()
         .cloned()
         .collect();
+    let refused = manifest.refused.clone();
     let listener =
         TcpListener::bind((settings.bind.as_str(), settings.port)).with_context(|| {
             format!(
@@ -97,7 +102,7 @@ pub fn serve(manifest: &Manifest, mut settings: ServeSettings) -> Result<()> {
         let state = Arc::clone(&state);
         std::thread::Builder::new()
             .name("model-loader".into())
-            .spawn(move || load_models(&state, &specs))
+            .spawn(move || load_models(&state, &specs, refused))
             .context("cannot start the model loader")?;
     }
 
@@ -155,7 +160,7 @@ fn selected_models<'a>(manifest: &'a Manifest, names: &[String]) -> Result<Vec<&
         .collect()
 }
 
-fn load_models(state: &State, specs: &[ModelSpec]) {
+fn load_models(state: &State, specs: &[ModelSpec], mut refused: Vec<String>) {
     let mut by_name = HashMap::new();
     let mut order = Vec::new();
     for spec in specs {
@@ -170,12 +175,23 @@ fn load_models(state: &State, specs: &[ModelSpec]) {
                 order.push(Arc::clone(&classifier));
                 by_name.insert(spec.name.clone(), classifier);
             }
+            // A models dir's model that does not load is left out; the function serves
+            // the others.
+            Err(error) if spec.from_models_dir => {
+                tracing::warn!("not serving {:?}: {error:#}", spec.name);
+                refused.push(format!("model {:?}: {error:#}", spec.name));
+            }
             Err(error) => {
                 *state.load_error.lock().expect("no panics under the lock") =
                     Some(format!("{error:#}"));
                 return;
             }
         }
+    }
+    if order.is_empty() {
+        *state.load_error.lock().expect("no panics under the lock") =
+            Some(format!("no model could be loaded: {}", refused.join("; ")));
+        return;
     }
     let settings = &state.settings;
     let pool = WorkerPool::start(
@@ -187,13 +203,20 @@ fn load_models(state: &State, specs: &[ModelSpec]) {
     let models = Models {
         by_name,
         default: Arc::clone(&order[0]),
+        order,
+        refused,
         pool,
     };
     if state.models.set(models).is_err() {
         unreachable!("models are loaded once");
     }
     write_lock_file(&settings.lock_file);
-    tracing::info!(models = ?order.iter().map(|m| m.name()).collect::<Vec<_>>(), "ready");
+    let names: Vec<&str> = state
+        .models
+        .get()
+        .map(|m| m.order.iter().map(|c| c.name()).collect())
+        .unwrap_or_default();
+    tracing::info!(models = ?names, "ready");
 }
 
 /// Swarm's health check looks for this file; failing to write it is worth a warning,

@@ -91,7 +91,7 @@ mod tests {
         assert_eq!(query.model.as_deref(), Some("resnet50"));
         assert_eq!(query.resize, Some(ResizeMode::SquashNearest));
         assert_eq!(parse_query("").unwrap().top, DEFAULT_TOP);
-        for bad in ["top=0", "top=21", "top=-1", "top=%FF", "resize=big"] {
+        for bad in ["top=0", "top=1001", "top=-1", "top=%FF", "resize=big"] {
             assert!(parse_query(bad).is_err(), "{bad}");
         }
         let long = format!("top={}", "9".repeat(10_000));

@@ -1,6 +1,8 @@
 //! Training the small CNN from scratch: augmented, shuffled mini-batches, Adam with a
-//! cosine schedule, validation after every epoch, the best epoch's weights kept, early
-//! stopping, and a checkpoint after every epoch that `--resume` continues from.
+//! cosine schedule, weight averaging, validation after every epoch (as the model serves:
+//! with its mirror image when the manifest says `flip_average`), the best epoch's
+//! weights kept, early stopping, and a checkpoint after every epoch that `--resume`
+//! continues from.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -13,8 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::adam::{Adam, AdamConfig};
+use super::average::WeightAverage;
 use super::data::{self, Augmentation, DecodedImages};
-use super::record::{self, DataRecord, EpochRecord, TrainRecord};
+use super::record::{self, DataRecord, EpochRecord, TestRecord, TrainRecord};
 use super::{cosine_learning_rate, plot, progress_bar, TrainOptions};
 use crate::manifest::ModelSpec;
 use crate::models::layers::binary_cross_entropy_with_logits;
@@ -32,6 +35,11 @@ struct Progress {
     best_epoch: usize,
     best_val_accuracy: f64,
     seconds: f64,
+    /// The averaging's decay (0: none) and steps so far.
+    #[serde(default)]
+    weight_average: f64,
+    #[serde(default)]
+    average_steps: u64,
 }
 
 /// Trains `spec` (a `small-cnn` model) as `options` say and writes the weights, record,
@@ -46,21 +54,17 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
             labels.len()
         );
     }
-    let (train_samples, val_samples) = load_splits(options, &labels)?;
-    let data_record = DataRecord {
-        folder: options.data.display().to_string(),
-        train_images: train_samples.len(),
-        val_images: val_samples.len(),
-        train_sha256: data::content_hash(&train_samples)?,
-        val_sha256: data::content_hash(&val_samples)?,
-    };
+    let splits = super::load_splits(options, &labels)?;
+    let data_record = DataRecord::of(&options.data, &splits, &labels)?;
     tracing::info!(
-        train = train_samples.len(),
-        val = val_samples.len(),
+        train = splits.train.len(),
+        val = splits.val.len(),
+        test = splits.test.len(),
         "decoding the photos"
     );
-    let train_images = DecodedImages::decode(&train_samples, &spec.input)?;
-    let val_images = DecodedImages::decode(&val_samples, &spec.input)?;
+    let (train_samples, val_samples) = (&splits.train, &splits.val);
+    let train_images = DecodedImages::decode(train_samples, &spec.input)?;
+    let val_images = DecodedImages::decode(val_samples, &spec.input)?;
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -68,6 +72,11 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
     // Initial weights from the seed, not from candle's unseeded generator.
     reseed_initial_weights(&varmap, options.seed)?;
     let mut adam = Adam::from_varmap(&varmap, AdamConfig::default())?;
+    let mut average = match options.weight_average {
+        0.0 => None,
+        decay => Some(WeightAverage::new(&varmap, decay)?),
+    };
+    let flip = spec.flip_average;
 
     let checkpoint_tensors = options.beside("checkpoint.safetensors");
     let checkpoint_json = options.beside("checkpoint.json");
@@ -78,6 +87,8 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
         best_epoch: 0,
         best_val_accuracy: -1.0,
         seconds: 0.0,
+        weight_average: options.weight_average,
+        average_steps: 0,
     };
     if options.resume {
         let text = std::fs::read_to_string(&checkpoint_json).with_context(|| {
@@ -95,9 +106,19 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
                 checkpoint_json.display()
             );
         }
+        if saved.weight_average != options.weight_average {
+            bail!(
+                "--resume: the checkpoint {} was made with --weight-average {}",
+                checkpoint_json.display(),
+                saved.weight_average
+            );
+        }
         let tensors = candle_core::safetensors::load(&checkpoint_tensors, &Device::Cpu)
             .with_context(|| format!("cannot read {}", checkpoint_tensors.display()))?;
         restore(&varmap, &mut adam, &tensors)?;
+        if let Some(average) = &mut average {
+            average.restore(&tensors, saved.average_steps)?;
+        }
         tracing::info!(epochs = saved.history.len(), "resuming");
         progress = saved;
     }
@@ -136,6 +157,9 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
                 let logits = network.forward_train(&batch.inputs, &mut dropout)?;
                 let loss = binary_cross_entropy_with_logits(&logits, &batch.targets)?;
                 adam.step(&loss.backward()?, learning_rate)?;
+                if let Some(average) = &mut average {
+                    average.update()?;
+                }
                 totals.add(&logits, &batch.targets, &loss, batch.len)?;
                 bar.inc(batch.len as u64);
                 bar.set_message(format!(
@@ -148,7 +172,18 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
             bar.finish_and_clear();
             anyhow::Ok((totals.loss(), totals.accuracy()))
         })?;
-        let (val_loss, val_accuracy) = evaluate(&network, &val_images, &spec.input)?;
+        // Validated (and kept) are the averaged weights.
+        if let Some(average) = &mut average {
+            average.swap()?;
+        }
+        let (val_loss, val_accuracy) = evaluate(&network, &val_images, &spec.input, flip)?;
+        let improved = val_accuracy > progress.best_val_accuracy;
+        if improved {
+            save_weights(&varmap, &options.out)?;
+        }
+        if let Some(average) = &mut average {
+            average.swap()?;
+        }
         let record = EpochRecord {
             epoch: epoch + 1,
             learning_rate,
@@ -156,6 +191,7 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
             train_accuracy,
             val_loss,
             val_accuracy,
+            val_mean_recall: None,
             seconds: epoch_started.elapsed().as_secs_f64(),
         };
         eprintln!(
@@ -171,18 +207,19 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
             train_images.len() as f64 / record.seconds
         );
         progress.history.push(record);
-        if val_accuracy > progress.best_val_accuracy {
+        if improved {
             progress.best_val_accuracy = val_accuracy;
             progress.best_epoch = epoch + 1;
             epochs_without_gain = 0;
-            save_weights(&varmap, &options.out)?;
         } else {
             epochs_without_gain += 1;
         }
         progress.seconds = resumed_seconds + run_started.elapsed().as_secs_f64();
+        progress.average_steps = average.as_ref().map_or(0, WeightAverage::steps);
         save_checkpoint(
             &varmap,
             &adam,
+            average.as_ref(),
             &progress,
             &checkpoint_tensors,
             &checkpoint_json,
@@ -195,6 +232,29 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
         );
     }
 
+    // The kept weights, once, on photos no choice looked at.
+    let test = if splits.test.is_empty() {
+        None
+    } else {
+        let mut varmap = varmap;
+        varmap
+            .load(&options.out)
+            .with_context(|| format!("cannot reload {}", options.out.display()))?;
+        let test_images = DecodedImages::decode(&splits.test, &spec.input)?;
+        let predicted = predict_classes(&network, &test_images, &spec.input, flip)?;
+        let test = TestRecord::score(&predicted, &test_images.classes, labels.len());
+        // The other way of scoring, for the record of what flip averaging buys.
+        let other = predict_classes(&network, &test_images, &spec.input, !flip)?;
+        let other = TestRecord::score(&other, &test_images.classes, labels.len());
+        eprintln!(
+            "test split ({} photos, never used to choose): accuracy {:.4} ({} flip averaging: {:.4})",
+            test.images,
+            test.accuracy,
+            if flip { "without" } else { "with" },
+            other.accuracy
+        );
+        Some(test)
+    };
     let best = &progress.history[progress.best_epoch - 1];
     let record = TrainRecord {
         model: spec.name.clone(),
@@ -209,6 +269,10 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
         train_accuracy: best.train_accuracy,
         val_accuracy: best.val_accuracy,
         data: data_record,
+        test,
+        weight_decay: None,
+        weight_average: (options.weight_average > 0.0).then_some(options.weight_average),
+        flip_average: flip,
         backbone_sha256: None,
         weights_sha256: crate::weights::file_sha256(&options.out)?,
         seconds: resumed_seconds + run_started.elapsed().as_secs_f64(),
@@ -227,24 +291,6 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
         "training finished"
     );
     Ok(record)
-}
-
-/// The train and val splits, limited for smoke runs.
-pub(super) fn load_splits(
-    options: &TrainOptions,
-    labels: &crate::labels::Labels,
-) -> Result<(Vec<data::Sample>, Vec<data::Sample>)> {
-    let mut splits = Vec::new();
-    for split in ["train", "val"] {
-        let samples = data::list_folders(&options.data.join(split), labels)?;
-        splits.push(match options.limit_per_class {
-            Some(limit) => data::limit_per_class(samples, limit, options.seed),
-            None => samples,
-        });
-    }
-    let val = splits.pop().expect("two splits");
-    let train = splits.pop().expect("two splits");
-    Ok((train, val))
 }
 
 /// Replaces candle's (unseeded) initial values with Glorot-uniform draws from `seed`,
@@ -302,17 +348,50 @@ impl Totals {
     }
 }
 
+/// The logits serving gives a batch: with `flip`, the mean of the image's and its mirror
+/// image's (as `Classifier` does for `flip_average` models).
+fn serving_logits(network: &SmallCnn, inputs: &Tensor, flip: bool) -> Result<Tensor> {
+    let logits = network.forward(inputs)?;
+    if !flip {
+        return Ok(logits);
+    }
+    let mirrored = network.forward(&crate::preprocess::mirrored_batch(inputs)?)?;
+    Ok(((logits + mirrored)? * 0.5)?)
+}
+
 /// Loss and accuracy over decoded images, unaugmented (as serving sees them).
-fn evaluate(network: &SmallCnn, images: &DecodedImages, spec: &InputSpec) -> Result<(f64, f64)> {
+fn evaluate(
+    network: &SmallCnn,
+    images: &DecodedImages,
+    spec: &InputSpec,
+    flip: bool,
+) -> Result<(f64, f64)> {
     let mut totals = Totals::default();
     let indices: Vec<usize> = (0..images.len()).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
         let batch = data::make_batch(images, chunk, spec, None)?;
-        let logits = network.forward(&batch.inputs)?;
+        let logits = serving_logits(network, &batch.inputs, flip)?;
         let loss = binary_cross_entropy_with_logits(&logits, &batch.targets)?;
         totals.add(&logits, &batch.targets, &loss, batch.len)?;
     }
     Ok((totals.loss(), totals.accuracy()))
+}
+
+/// The class (0 or 1) the network gives each image, unaugmented.
+fn predict_classes(
+    network: &SmallCnn,
+    images: &DecodedImages,
+    spec: &InputSpec,
+    flip: bool,
+) -> Result<Vec<usize>> {
+    let mut classes = Vec::with_capacity(images.len());
+    let indices: Vec<usize> = (0..images.len()).collect();
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let batch = data::make_batch(images, chunk, spec, None)?;
+        let logits = serving_logits(network, &batch.inputs, flip)?.to_vec1::<f32>()?;
+        classes.extend(logits.iter().map(|&z| usize::from(z >= 0.0)));
+    }
+    Ok(classes)
 }
 
 fn save_weights(varmap: &VarMap, path: &std::path::Path) -> Result<()> {
@@ -327,11 +406,13 @@ fn save_weights(varmap: &VarMap, path: &std::path::Path) -> Result<()> {
 fn save_checkpoint(
     varmap: &VarMap,
     adam: &Adam,
+    average: Option<&WeightAverage>,
     progress: &Progress,
     tensors_path: &std::path::Path,
     json_path: &std::path::Path,
 ) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = adam.state()?;
+    tensors.extend(average.map(WeightAverage::state).unwrap_or_default());
     for (name, var) in varmap
         .data()
         .lock()

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::labels::Labels;
+use crate::labels::{Labels, MAX_CLASSES};
 use crate::preprocess::{self, InputSpec};
 
 /// One labelled photo.
@@ -23,10 +23,70 @@ pub struct Sample {
     pub class: usize,
 }
 
+/// The photos of one split, and the files of its class folders that were left out.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub samples: Vec<Sample>,
+    /// `path: reason` of every file that is not an image we can read.
+    pub skipped: Vec<String>,
+}
+
+/// The class names a new model learns: the sub-folders of `dir` (its `train/`), sorted.
+/// Names become label lines, so tabs, line breaks and other control characters are
+/// refused; so are fewer than two classes and more than [`MAX_CLASSES`].
+pub fn discover_classes(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "cannot list {} (expected one folder of photos per class there)",
+            dir.display()
+        )
+    })?;
+    let mut classes = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path();
+        if !path.is_dir() {
+            continue;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            bail!("the class folder {} is not named in UTF-8", path.display());
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.trim().is_empty() || name.chars().any(char::is_control) || name != name.trim() {
+            bail!(
+                "the class folder {:?} in {} cannot be a label: no tabs, line breaks, \
+                 control characters or surrounding spaces",
+                name,
+                dir.display()
+            );
+        }
+        classes.push(name.to_string());
+    }
+    classes.sort();
+    match classes.len() {
+        0 | 1 => bail!(
+            "{} holds {} class folder{}: a classifier needs at least two ({}/<class>/...)",
+            dir.display(),
+            classes.len(),
+            if classes.len() == 1 { "" } else { "s" },
+            dir.display()
+        ),
+        n if n > MAX_CLASSES => bail!(
+            "{} holds {n} class folders; at most {MAX_CLASSES} are supported",
+            dir.display()
+        ),
+        _ => Ok(classes),
+    }
+}
+
 /// The photos of `dir/<class>/` for every class of `labels` (matched by name or id), in
-/// a fixed order. Every class folder must exist and hold at least one file.
-pub fn list_folders(dir: &Path, labels: &Labels) -> Result<Vec<Sample>> {
-    let mut samples = Vec::new();
+/// a fixed order. Every class folder must exist and hold at least one image; files that
+/// are not images (by their header) are skipped and named.
+pub fn list_folders(dir: &Path, labels: &Labels) -> Result<Listing> {
+    let mut listing = Listing::default();
     for class in 0..labels.len() {
         let label = labels.get(class).expect("class index in range");
         let folder = [label.name(), label.id.as_str()]
@@ -49,12 +109,68 @@ pub fn list_folders(dir: &Path, labels: &Labels) -> Result<Vec<Sample>> {
             .with_context(|| format!("cannot list {}", folder.display()))?;
         files.retain(|path| path.is_file());
         files.sort();
-        if files.is_empty() {
+        let before = listing.samples.len();
+        for path in files {
+            match image_header(&path) {
+                Ok(()) => listing.samples.push(Sample { path, class }),
+                Err(reason) => listing
+                    .skipped
+                    .push(format!("{}: {reason:#}", path.display())),
+            }
+        }
+        if listing.samples.len() == before {
             bail!("{} holds no images", folder.display());
         }
-        samples.extend(files.into_iter().map(|path| Sample { path, class }));
     }
-    Ok(samples)
+    for skipped in &listing.skipped {
+        tracing::warn!("skipped {skipped}");
+    }
+    Ok(listing)
+}
+
+/// Whether `path` starts like an image we decode, with sane dimensions (reads the
+/// header only).
+fn image_header(path: &Path) -> Result<()> {
+    let reader = image::ImageReader::open(path)
+        .context("cannot open")?
+        .with_guessed_format()
+        .context("cannot read")?;
+    if reader.format().is_none() {
+        bail!("not an image");
+    }
+    let (width, height) = reader.into_dimensions().context("not a readable image")?;
+    if width == 0 || height == 0 {
+        bail!("an empty image");
+    }
+    Ok(())
+}
+
+/// Moves a seeded, stratified `fraction` of every class out of `samples` (at least one
+/// photo of a class that has two or more): returns (kept, held out), each in path order.
+pub fn hold_out(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+    if fraction <= 0.0 {
+        return (samples, Vec::new());
+    }
+    let classes = samples.iter().map(|s| s.class + 1).max().unwrap_or(0);
+    let mut by_class: Vec<Vec<Sample>> = vec![Vec::new(); classes];
+    for sample in samples {
+        by_class[sample.class].push(sample);
+    }
+    let (mut kept, mut held) = (Vec::new(), Vec::new());
+    for (class, mut members) in by_class.into_iter().enumerate() {
+        members.sort_by(|a, b| a.path.cmp(&b.path));
+        members.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            seed ^ ((class as u64) << 20),
+        ));
+        let count = ((members.len() as f64 * fraction).round() as usize)
+            .max(usize::from(members.len() >= 2))
+            .min(members.len().saturating_sub(1));
+        held.extend(members.drain(..count));
+        kept.extend(members);
+    }
+    kept.sort_by(|a, b| a.path.cmp(&b.path));
+    held.sort_by(|a, b| a.path.cmp(&b.path));
+    (kept, held)
 }
 
 /// At most `per_class` samples of each class, drawn with the seed (for smoke runs).
@@ -305,6 +421,45 @@ mod tests {
             out[..3] == source[(size - 1) * 3..size * 3]
         });
         assert!(flipped);
+    }
+
+    #[test]
+    fn holding_out_is_stratified_seeded_and_disjoint() {
+        let samples: Vec<Sample> = (0..45)
+            .map(|i| Sample {
+                path: PathBuf::from(format!("{i:02}.jpg")),
+                // 30 of class 0, 10 of class 1, 5 of class 2.
+                class: usize::from(i >= 30) + usize::from(i >= 40),
+            })
+            .collect();
+        let (kept, held) = hold_out(samples.clone(), 0.2, 3);
+        let count = |s: &[Sample], class| s.iter().filter(|x| x.class == class).count();
+        assert_eq!(
+            [count(&held, 0), count(&held, 1), count(&held, 2)],
+            [6, 2, 1]
+        );
+        assert_eq!(kept.len() + held.len(), 45);
+        assert!(held.iter().all(|h| kept.iter().all(|k| k.path != h.path)));
+        let (_, again) = hold_out(samples.clone(), 0.2, 3);
+        assert_eq!(
+            held.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            again.iter().map(|s| &s.path).collect::<Vec<_>>()
+        );
+        let (all, none) = hold_out(samples, 0.0, 3);
+        assert_eq!((all.len(), none.len()), (45, 0));
+    }
+
+    #[test]
+    fn classes_are_the_sorted_folder_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for class in ["wren", "robin", ".hidden"] {
+            std::fs::create_dir(dir.path().join(class)).unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), "").unwrap();
+        assert_eq!(discover_classes(dir.path()).unwrap(), ["robin", "wren"]);
+        std::fs::create_dir(dir.path().join("bad\nname")).unwrap();
+        let err = discover_classes(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("cannot be a label"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Transfer learning: the frozen ResNet-50's pooled 2048-d features of every photo,
-//! extracted once and cached on disk (keyed by the photos' and the backbone's hashes and
-//! the preprocessing), then a logistic-regression head trained on them in seconds.
+//! Transfer learning for any set of classes: the frozen backbone's pooled features and
+//! ImageNet log-probabilities of every photo ([`ResNetPlan::head_features`]), extracted once and cached on disk (keyed by the photos' and the
+//! backbone's hashes, its precision and the preprocessing), then a softmax head with
+//! class-balanced loss trained on them in seconds.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,73 +15,84 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use super::adam::{Adam, AdamConfig};
-use super::data::{self, Sample};
-use super::record::{self, DataRecord, EpochRecord, TrainRecord};
+use super::data::Sample;
+use super::record::{self, DataRecord, EpochRecord, TestRecord, TrainRecord};
 use super::{cosine_learning_rate, plot, progress_bar, TrainOptions};
 use crate::classifier::load_backbone;
 use crate::kernels::Threads;
 use crate::labels::Labels;
-use crate::manifest::ModelSpec;
-use crate::models::layers::binary_cross_entropy_with_logits;
+use crate::manifest::{Architecture, Backbone};
 use crate::plan::resnet::ResNetPlan;
 use crate::plan::Precision;
 use crate::preprocess;
 
 /// Bump when the way features are computed changes, so old caches are not reused.
-const FEATURE_FORMAT: &str = "pooled-f32-v1";
-/// L2 penalty on the head's weights (decoupled, per step).
-const WEIGHT_DECAY: f64 = 1e-4;
+const FEATURE_FORMAT: &str = "pooled-and-imagenet-log-probabilities-v4";
+/// The decoupled L2 penalties tried (per step, times the learning rate), weakest first;
+/// val chooses.
+const WEIGHT_DECAYS: [f64; 4] = [1e-4, 1e-2, 1.0, 10.0];
 
-/// The best epoch so far (1-based), its validation accuracy and a copy of its weights.
+/// The best epoch so far (1-based), its validation mean recall and a copy of its weights.
 type Best = (usize, f64, Vec<(String, Tensor)>);
 
-/// Features and 0/1 targets of one split.
+/// Features and class-index targets (as f32) of one split.
 struct Split {
     features: Tensor,
     targets: Tensor,
 }
 
-/// Trains the head of `spec` (a `resnet50-head` model) and writes the weights, record and
-/// plot beside `options.out`.
-pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
-    let started = Instant::now();
-    let labels = Labels::load(&spec.labels)?;
-    if labels.len() != 2 {
-        bail!(
-            "the head is binary; {} lists {} labels",
-            spec.labels.display(),
-            labels.len()
-        );
+impl Split {
+    fn classes(&self) -> Result<Vec<usize>> {
+        Ok(self
+            .targets
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|t| t as usize)
+            .collect())
     }
-    let backbone_spec = spec
-        .backbone
-        .as_ref()
-        .context("a resnet50-head without a backbone")?;
-    let (train_samples, val_samples) = super::cnn::load_splits(options, &labels)?;
-    let data_record = DataRecord {
-        folder: options.data.display().to_string(),
-        train_images: train_samples.len(),
-        val_images: val_samples.len(),
-        train_sha256: data::content_hash(&train_samples)?,
-        val_sha256: data::content_hash(&val_samples)?,
-    };
+}
 
-    let key = cache_key(&data_record, &backbone_spec.sha256, &spec.input);
+/// What a head is trained for: its classes, the frozen backbone and how photos become
+/// its input.
+pub struct HeadTask<'a> {
+    pub name: &'a str,
+    pub labels: &'a Labels,
+    pub backbone: &'a Backbone,
+    pub input: &'a preprocess::InputSpec,
+    /// The backbone's precision when extracting (a head runs at its backbone's).
+    pub precision: Precision,
+}
+
+/// Trains a softmax head for `task` and writes the weights (`head.weight` `[classes,
+/// features]`, `head.bias`), record and plot beside `options.out`.
+pub fn train(task: &HeadTask, options: &TrainOptions) -> Result<TrainRecord> {
+    let started = Instant::now();
+    let classes = task.labels.len();
+    let splits = super::load_splits(options, task.labels)?;
+    let mut data_record = DataRecord::of(&options.data, &splits, task.labels)?;
+
+    let key = cache_key(&data_record, task);
     let cache_file = options
         .cache_dir
         .join(format!("features-{}.safetensors", &key[..32]));
     let feature_started = Instant::now();
-    let (train, val, extracted) = match read_cache(&cache_file) {
-        Some((train, val)) => {
+    let (train, val, test, extracted) = match read_cache(&cache_file) {
+        Some([train, val, test]) => {
             tracing::info!(file = %cache_file.display(), "features from the cache");
-            (train, val, false)
+            (train, val, test, false)
         }
         None => {
-            let backbone = load_backbone(backbone_spec, Precision::F32)?;
-            let train = extract(&backbone, &train_samples, spec, "train features")?;
-            let val = extract(&backbone, &val_samples, spec, "val features")?;
-            write_cache(&cache_file, &train, &val)?;
-            (train, val, true)
+            let backbone = load_backbone(task.backbone, task.precision)?;
+            let mut extract = |samples: &[Sample], what: &str| -> Result<Split> {
+                let (split, failed) = extract(&backbone, samples, task.input, what)?;
+                data_record.skipped.extend(failed);
+                Ok(split)
+            };
+            let train = extract(&splits.train, "train features")?;
+            let val = extract(&splits.val, "val features")?;
+            let test = extract(&splits.test, "test features")?;
+            write_cache(&cache_file, [&train, &val, &test])?;
+            (train, val, test, true)
         }
     };
     let feature_seconds = if extracted {
@@ -88,21 +100,143 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
     } else {
         0.0
     };
+    for split in [&train, &val] {
+        if split.features.dim(0)? == 0 {
+            bail!("no photo of the train or val split could be read");
+        }
+    }
+    // The L2 strength is chosen on val (never on test): a head on a few hundred photos
+    // of a broad class ("other") generalises better held close to zero.
+    let class_weights = balanced_class_weights(&train.classes()?, classes)?;
+    let mut fits = Vec::with_capacity(WEIGHT_DECAYS.len());
+    for weight_decay in WEIGHT_DECAYS {
+        let fit = fit(&train, &val, &class_weights, options, weight_decay)?;
+        tracing::info!(
+            weight_decay,
+            best_epoch = fit.best_epoch,
+            val_mean_recall = fit.val_mean_recall,
+            "head fitted"
+        );
+        fits.push(fit);
+    }
+    // The best val mean recall; ties go to the stronger decay (listed last).
+    let Fit {
+        best_epoch,
+        tensors,
+        history,
+        weight_decay,
+        ..
+    } = fits
+        .into_iter()
+        .reduce(|best, fit| {
+            if fit.val_mean_recall >= best.val_mean_recall {
+                fit
+            } else {
+                best
+            }
+        })
+        .context("no weight decay to try")?;
+    let partial = options.beside("partial.safetensors");
+    candle_core::safetensors::save(&tensors, &partial)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, &options.out)
+        .with_context(|| format!("cannot write {}", options.out.display()))?;
+    let test = if test.features.dim(0)? == 0 {
+        None
+    } else {
+        let kept = candle_nn::Linear::new(
+            tensors["head.weight"].clone(),
+            Some(tensors["head.bias"].clone()),
+        );
+        let predicted = kept
+            .forward(&test.features)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
+        let predicted: Vec<usize> = predicted.into_iter().map(|c| c as usize).collect();
+        Some(TestRecord::score(&predicted, &test.classes()?, classes))
+    };
+    let chosen = &history[best_epoch - 1];
+    eprintln!(
+        "head: best epoch {best_epoch}/{}: train acc {:.4}, val acc {:.4} (val loss {:.4}){}; features {:.0} s",
+        history.len(),
+        chosen.train_accuracy,
+        chosen.val_accuracy,
+        chosen.val_loss,
+        test.as_ref().map_or(String::new(), |t| format!(
+            ", test acc {:.4} ({} photos never used to choose)",
+            t.accuracy, t.images
+        )),
+        feature_seconds
+    );
+    let record = TrainRecord {
+        model: task.name.to_string(),
+        architecture: Architecture::Resnet50Head.name().into(),
+        command: record::command_line(),
+        seed: options.seed,
+        batch_size: options.batch_size,
+        learning_rate: options.learning_rate,
+        epochs_planned: options.epochs,
+        epochs_run: history.len(),
+        best_epoch,
+        train_accuracy: chosen.train_accuracy,
+        val_accuracy: chosen.val_accuracy,
+        data: data_record,
+        test,
+        weight_decay: Some(weight_decay),
+        weight_average: None,
+        flip_average: false,
+        backbone_sha256: Some(task.backbone.sha256.clone()),
+        weights_sha256: crate::weights::file_sha256(&options.out)?,
+        seconds: started.elapsed().as_secs_f64(),
+        feature_seconds: Some(feature_seconds),
+        threads: rayon::current_num_threads(),
+        history,
+    };
+    record.save(&options.beside("json"))?;
+    plot::learning_curves(
+        &record.history,
+        &format!(
+            "{}: {classes}-class softmax head on frozen {} features",
+            task.name, task.backbone.name
+        ),
+        &options.beside("png"),
+    )?;
+    Ok(record)
+}
 
+/// One head trained with one weight decay: its kept epoch and weights.
+struct Fit {
+    weight_decay: f64,
+    best_epoch: usize,
+    val_mean_recall: f64,
+    tensors: std::collections::HashMap<String, Tensor>,
+    history: Vec<EpochRecord>,
+}
+
+/// Trains a head from zero on `train` (Adam, cosine schedule, class-balanced loss) and
+/// keeps the epoch with the best val mean recall; stops after `patience` epochs
+/// without a better one.
+fn fit(
+    train: &Split,
+    val: &Split,
+    class_weights: &Tensor,
+    options: &TrainOptions,
+    weight_decay: f64,
+) -> Result<Fit> {
+    let classes = class_weights.dim(0)?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let head = candle_nn::linear(train.features.dim(D::Minus1)?, 1, vb.pp("head"))?;
+    let head = candle_nn::linear(train.features.dim(D::Minus1)?, classes, vb.pp("head"))?;
     for var in varmap.all_vars() {
         var.set(&var.zeros_like()?)?;
     }
     let mut adam = Adam::from_varmap(
         &varmap,
         AdamConfig {
-            weight_decay: WEIGHT_DECAY,
+            weight_decay,
             ..AdamConfig::default()
         },
     )?;
-
     let mut history: Vec<EpochRecord> = Vec::new();
     let mut best: Option<Best> = None;
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
@@ -116,12 +250,11 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
             let index = Tensor::new(chunk, &Device::Cpu)?;
             let features = train.features.index_select(&index, 0)?;
             let targets = train.targets.index_select(&index, 0)?;
-            let logits = head.forward(&features)?.squeeze(D::Minus1)?;
-            let loss = binary_cross_entropy_with_logits(&logits, &targets)?;
+            let loss = weighted_cross_entropy(&head.forward(&features)?, &targets, class_weights)?;
             adam.step(&loss.backward()?, learning_rate)?;
         }
-        let (train_loss, train_accuracy) = measure(&head, &train)?;
-        let (val_loss, val_accuracy) = measure(&head, &val)?;
+        let (train_loss, train_accuracy, _) = measure(&head, train, class_weights)?;
+        let (val_loss, val_accuracy, val_mean_recall) = measure(&head, val, class_weights)?;
         history.push(EpochRecord {
             epoch: epoch + 1,
             learning_rate,
@@ -129,12 +262,13 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
             train_accuracy,
             val_loss,
             val_accuracy,
+            val_mean_recall: Some(val_mean_recall),
             seconds: epoch_started.elapsed().as_secs_f64(),
         });
-        // Ties go to the lower validation loss.
-        let better = best.as_ref().is_none_or(|(at, accuracy, _)| {
-            val_accuracy > *accuracy
-                || (val_accuracy == *accuracy && val_loss < history[*at - 1].val_loss)
+        // Chosen by the mean recall, so a small class counts; ties go to the lower loss.
+        let better = best.as_ref().is_none_or(|(at, recall, _)| {
+            val_mean_recall > *recall
+                || (val_mean_recall == *recall && val_loss < history[*at - 1].val_loss)
         });
         if better {
             let snapshot = varmap
@@ -144,74 +278,97 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
                 .iter()
                 .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
                 .collect::<candle_core::Result<_>>()?;
-            best = Some((epoch + 1, val_accuracy, snapshot));
+            best = Some((epoch + 1, val_mean_recall, snapshot));
         } else if epoch + 1 - best.as_ref().map_or(0, |b| b.0) >= options.patience {
             break;
         }
     }
-    let (best_epoch, _, weights) = best.context("no epoch ran (--epochs 0?)")?;
-    let tensors: std::collections::HashMap<String, Tensor> = weights.into_iter().collect();
-    candle_core::safetensors::save(&tensors, &options.out)
-        .with_context(|| format!("cannot write {}", options.out.display()))?;
-    let chosen = &history[best_epoch - 1];
-    eprintln!(
-        "head: best epoch {best_epoch}/{}: train acc {:.4}, val acc {:.4} (val loss {:.4}); features {:.0} s",
-        history.len(),
-        chosen.train_accuracy,
-        chosen.val_accuracy,
-        chosen.val_loss,
-        feature_seconds
-    );
-    let record = TrainRecord {
-        model: spec.name.clone(),
-        architecture: "resnet50-head".into(),
-        command: record::command_line(),
-        seed: options.seed,
-        batch_size: options.batch_size,
-        learning_rate: options.learning_rate,
-        epochs_planned: options.epochs,
-        epochs_run: history.len(),
+    let (best_epoch, val_mean_recall, weights) = best.context("no epoch ran (--epochs 0?)")?;
+    Ok(Fit {
+        weight_decay,
         best_epoch,
-        train_accuracy: chosen.train_accuracy,
-        val_accuracy: chosen.val_accuracy,
-        data: data_record,
-        backbone_sha256: Some(backbone_spec.sha256.clone()),
-        weights_sha256: crate::weights::file_sha256(&options.out)?,
-        seconds: started.elapsed().as_secs_f64(),
-        feature_seconds: Some(feature_seconds),
-        threads: rayon::current_num_threads(),
+        val_mean_recall,
+        tensors: weights.into_iter().collect(),
         history,
-    };
-    record.save(&options.beside("json"))?;
-    plot::learning_curves(
-        &record.history,
-        &format!("{}: logistic head on frozen ResNet-50 features", spec.name),
-        &options.beside("png"),
-    )?;
-    Ok(record)
+    })
 }
 
-/// Loss and accuracy of the head over a whole split.
-fn measure(head: &candle_nn::Linear, split: &Split) -> Result<(f64, f64)> {
-    let logits = head.forward(&split.features)?.squeeze(D::Minus1)?;
-    let loss = binary_cross_entropy_with_logits(&logits, &split.targets)?.to_scalar::<f32>()?;
-    let predicted = logits.ge(0f32)?.to_dtype(DType::F32)?;
-    let correct = predicted
-        .eq(&split.targets)?
-        .to_dtype(DType::F32)?
-        .mean_all()?;
-    Ok((f64::from(loss), f64::from(correct.to_scalar::<f32>()?)))
+/// Per-class loss weights `n / (classes * count)`: every class weighs the same in the
+/// loss however many photos it has (e.g. a small "other" class beside big ones).
+fn balanced_class_weights(targets: &[usize], classes: usize) -> Result<Tensor> {
+    let mut counts = vec![0usize; classes];
+    for &t in targets {
+        counts[t] += 1;
+    }
+    let n = targets.len() as f32;
+    let weights: Vec<f32> = counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                n / (classes as f32 * c as f32)
+            }
+        })
+        .collect();
+    Ok(Tensor::new(weights, &Device::Cpu)?)
 }
 
-/// What the cached features depend on: the photos, the backbone and the preprocessing.
-fn cache_key(data: &DataRecord, backbone_sha256: &str, input: &preprocess::InputSpec) -> String {
+/// Softmax cross-entropy, each row weighted by its class's weight.
+fn weighted_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    class_weights: &Tensor,
+) -> Result<Tensor> {
+    let targets = targets.to_dtype(DType::U32)?;
+    let log_probabilities = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = log_probabilities
+        .gather(&targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
+    let weights = class_weights.index_select(&targets, 0)?;
+    Ok(((picked * &weights)?.sum_all()? / weights.sum_all()?.to_scalar::<f32>()? as f64)?.neg()?)
+}
+
+/// Weighted loss, plain accuracy and mean per-class recall of the head over a split.
+fn measure(
+    head: &candle_nn::Linear,
+    split: &Split,
+    class_weights: &Tensor,
+) -> Result<(f64, f64, f64)> {
+    let classes = class_weights.dim(0)?;
+    let logits = head.forward(&split.features)?;
+    let loss =
+        weighted_cross_entropy(&logits, &split.targets, class_weights)?.to_scalar::<f32>()?;
+    let predicted: Vec<usize> = logits
+        .argmax(D::Minus1)?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|c| c as usize)
+        .collect();
+    let score = TestRecord::score(&predicted, &split.classes()?, classes);
+    let present: Vec<f64> = score
+        .recall
+        .iter()
+        .zip(&score.counts)
+        .filter(|(_, &n)| n > 0)
+        .map(|(&r, _)| r)
+        .collect();
+    let mean_recall = present.iter().sum::<f64>() / present.len().max(1) as f64;
+    Ok((f64::from(loss), score.accuracy, mean_recall))
+}
+
+/// What the cached features depend on: the photos, the backbone, its precision and the
+/// preprocessing.
+fn cache_key(data: &DataRecord, task: &HeadTask) -> String {
     let mut hasher = Sha256::new();
     for part in [
         FEATURE_FORMAT,
         &data.train_sha256,
         &data.val_sha256,
-        backbone_sha256,
-        &format!("{input:?}"),
+        &data.test_sha256,
+        &task.backbone.sha256,
+        task.precision.name(),
+        &format!("{:?}", task.input),
     ] {
         hasher.update(part.as_bytes());
         hasher.update(b"\n");
@@ -219,25 +376,42 @@ fn cache_key(data: &DataRecord, backbone_sha256: &str, input: &preprocess::Input
     hex::encode(hasher.finalize())
 }
 
-/// Pooled features of every sample, preprocessed exactly as serving does.
+/// Pooled features of every sample, preprocessed exactly as serving does; photos that
+/// do not decode are left out and returned as `path: reason`.
 fn extract(
     backbone: &ResNetPlan,
     samples: &[Sample],
-    spec: &ModelSpec,
+    input: &preprocess::InputSpec,
     what: &str,
-) -> Result<Split> {
+) -> Result<(Split, Vec<String>)> {
     let bar = progress_bar(samples.len(), what.to_string());
     let threads = Threads(std::thread::available_parallelism().map_or(1, usize::from));
-    let mut features = Vec::with_capacity(samples.len() * backbone.feature_dim());
+    let mut features = Vec::with_capacity(samples.len() * backbone.head_feature_dim());
+    let (mut targets, mut failed) = (Vec::new(), Vec::new());
     for sample in samples {
-        let bytes = std::fs::read(&sample.path)
-            .with_context(|| format!("cannot read {}", sample.path.display()))?;
-        let input = preprocess::prepare(&bytes, &spec.input, None, preprocess::DEFAULT_MAX_PIXELS)
-            .with_context(|| format!("cannot use {}", sample.path.display()))?;
+        let prepared = std::fs::read(&sample.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| {
+                Ok(preprocess::prepare(
+                    &bytes,
+                    input,
+                    None,
+                    preprocess::DEFAULT_MAX_PIXELS,
+                )?)
+            });
+        bar.inc(1);
+        let input = match prepared {
+            Ok(input) => input,
+            Err(error) => {
+                tracing::warn!("skipped {}: {error:#}", sample.path.display());
+                failed.push(format!("{}: {error:#}", sample.path.display()));
+                continue;
+            }
+        };
         let (_, height, width) = input.dims3()?;
         let chw = input.flatten_all()?.to_vec1::<f32>()?;
-        features.extend(backbone.features(&chw, height, width, threads));
-        bar.inc(1);
+        features.extend(backbone.head_features(&chw, height, width, threads));
+        targets.push(sample.class as f32);
         let done = bar.position() as usize;
         if done.is_multiple_of(500) || done == samples.len() {
             tracing::info!(
@@ -249,42 +423,42 @@ fn extract(
         }
     }
     bar.finish_and_clear();
-    let targets: Vec<f32> = samples.iter().map(|s| s.class as f32).collect();
-    Ok(Split {
-        features: Tensor::from_vec(
-            features,
-            (samples.len(), backbone.feature_dim()),
-            &Device::Cpu,
-        )?,
-        targets: Tensor::from_vec(targets, samples.len(), &Device::Cpu)?,
-    })
-}
-
-fn read_cache(path: &Path) -> Option<(Split, Split)> {
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
-    let mut take = |name: &str| tensors.remove(name);
-    Some((
+    let rows = targets.len();
+    Ok((
         Split {
-            features: take("train.features")?,
-            targets: take("train.targets")?,
+            features: Tensor::from_vec(
+                features,
+                (rows, backbone.head_feature_dim()),
+                &Device::Cpu,
+            )?,
+            targets: Tensor::from_vec(targets, rows, &Device::Cpu)?,
         },
-        Split {
-            features: take("val.features")?,
-            targets: take("val.targets")?,
-        },
+        failed,
     ))
 }
 
-fn write_cache(path: &Path, train: &Split, val: &Split) -> Result<()> {
+const SPLIT_NAMES: [&str; 3] = ["train", "val", "test"];
+
+fn read_cache(path: &Path) -> Option<[Split; 3]> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
+    let mut take = |split: &str| {
+        Some(Split {
+            features: tensors.remove(&format!("{split}.features"))?,
+            targets: tensors.remove(&format!("{split}.targets"))?,
+        })
+    };
+    Some([take("train")?, take("val")?, take("test")?])
+}
+
+fn write_cache(path: &Path, splits: [&Split; 3]) -> Result<()> {
     let folder = path.parent().map(PathBuf::from).unwrap_or_default();
     std::fs::create_dir_all(&folder)
         .with_context(|| format!("cannot create the feature cache {}", folder.display()))?;
-    let tensors = std::collections::HashMap::from([
-        ("train.features".to_string(), train.features.clone()),
-        ("train.targets".to_string(), train.targets.clone()),
-        ("val.features".to_string(), val.features.clone()),
-        ("val.targets".to_string(), val.targets.clone()),
-    ]);
+    let mut tensors = std::collections::HashMap::new();
+    for (name, split) in SPLIT_NAMES.iter().zip(splits) {
+        tensors.insert(format!("{name}.features"), split.features.clone());
+        tensors.insert(format!("{name}.targets"), split.targets.clone());
+    }
     let partial = path.with_extension("partial");
     candle_core::safetensors::save(&tensors, &partial)?;
     std::fs::rename(&partial, path)

@@ -1,9 +1,11 @@
-//! Training the dogs-vs-cats models: data folders and augmentation ([`data`]), the
-//! optimiser ([`adam`]), the small CNN's loop with checkpoints and early stopping
-//! ([`cnn`]), the transfer head on cached ResNet-50 features ([`head`]), and the records
-//! they leave beside the weights ([`record`], [`plot`]).
+//! Training: labelled photo folders split into train, validation and a held-out test
+//! split, with augmentation ([`data`]), the optimiser ([`adam`]), the small CNN's loop
+//! with checkpoints and early stopping ([`cnn`]), the softmax head on a frozen
+//! backbone's cached features for any set of classes ([`head`]), and the records they
+//! leave beside the weights ([`record`], [`plot`]).
 
 pub mod adam;
+pub mod average;
 pub mod cnn;
 pub mod data;
 pub mod gradient_check;
@@ -14,13 +16,19 @@ pub mod record;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// What `classify train` was asked for.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
-    /// Holds `train/<class>/` and `val/<class>/`.
+    /// Holds `train/<class>/`, and optionally `val/<class>/` and `test/<class>/`.
     pub data: PathBuf,
+    /// Without `val/`: the share of each class's training photos held out for validation.
+    pub val_fraction: f64,
+    /// Without `test/`: the share of each class's training photos held out as the test
+    /// split, which no choice (early stopping, tuning) ever looks at.
+    pub test_fraction: f64,
     /// The weights file to write; the record (`.json`), plot (`.png`) and checkpoint
     /// (`.checkpoint.*`) go beside it.
     pub out: PathBuf,
@@ -30,6 +38,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Epochs without a better validation accuracy before stopping.
     pub patience: usize,
+    /// The CNN's weight averaging: the share of the average each step keeps (0: none).
+    pub weight_average: f64,
     /// Continue from the checkpoint beside `out`.
     pub resume: bool,
     /// Use at most this many images per class of each split (smoke runs).
@@ -43,6 +53,60 @@ impl TrainOptions {
     pub fn beside(&self, extension: &str) -> PathBuf {
         self.out.with_extension(extension)
     }
+}
+
+/// The photos of one training run.
+#[derive(Debug)]
+pub struct Splits {
+    pub train: Vec<data::Sample>,
+    /// Chooses the epoch kept (and early stopping).
+    pub val: Vec<data::Sample>,
+    /// Only measured, once, with the weights kept.
+    pub test: Vec<data::Sample>,
+    /// Files of the class folders that are not images, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// The splits of `options.data` for the classes of `labels`: `train/`, and `val/` and
+/// `test/` when present, else held out of `train/` (stratified, seeded); limited per
+/// class for smoke runs.
+pub fn load_splits(options: &TrainOptions, labels: &crate::labels::Labels) -> Result<Splits> {
+    let mut skipped = Vec::new();
+    let mut listed = |split: &str| -> Result<Option<Vec<data::Sample>>> {
+        let folder = options.data.join(split);
+        if split != "train" && !folder.is_dir() {
+            return Ok(None);
+        }
+        let listing = data::list_folders(&folder, labels)?;
+        skipped.extend(listing.skipped);
+        Ok(Some(listing.samples))
+    };
+    let train = listed("train")?.expect("train is always listed");
+    let (val, test) = (listed("val")?, listed("test")?);
+    let (train, test) = match test {
+        Some(test) => (train, test),
+        None => data::hold_out(train, options.test_fraction, options.seed ^ 0x7e57),
+    };
+    let (train, val) = match val {
+        Some(val) => (train, val),
+        None => data::hold_out(train, options.val_fraction, options.seed ^ 0x0a1),
+    };
+    if val.is_empty() {
+        bail!(
+            "no validation photos: add {}/val/<class>/ or give --val-fraction",
+            options.data.display()
+        );
+    }
+    let limit = |samples: Vec<data::Sample>| match options.limit_per_class {
+        Some(limit) => data::limit_per_class(samples, limit, options.seed),
+        None => samples,
+    };
+    Ok(Splits {
+        train: limit(train),
+        val: limit(val),
+        test: limit(test),
+        skipped,
+    })
 }
 
 /// The default feature cache: `$XDG_CACHE_HOME/edge-classify`, `~/.cache/edge-classify`,

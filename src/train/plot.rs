@@ -102,6 +102,7 @@ mod tests {
                 train_accuracy: 0.5 + 0.1 * epoch as f64,
                 val_loss: 1.2 / epoch as f64,
                 val_accuracy: 0.45 + 0.1 * epoch as f64,
+                val_mean_recall: None,
                 seconds: 1.0,
             })
             .collect();

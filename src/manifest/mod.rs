@@ -1,8 +1,12 @@
 //! The model manifest (`weights/models.toml`): which models exist, what network each
 //! one is, how an image becomes its input, its labels, and where its weights come from.
 //!
-//! The manifest is the single place that describes a model; loading (see
-//! [`crate::registry`]) only follows what it says.
+//! The manifest is the single place that describes a model; loading only follows what
+//! it says. A second manifest, a models dir (`--models-dir`, e.g. a mounted volume),
+//! adds models to the built-in ones without rebuilding the image; [`edit`] writes the
+//! entries `classify train` makes.
+
+pub mod edit;
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +102,11 @@ pub struct ModelSpec {
     pub source: String,
     pub licence: String,
     pub input: InputSpec,
+    /// Test-time augmentation: the outputs for the image and its mirror image are
+    /// averaged (twice the work per image).
+    pub flip_average: bool,
+    /// Whether the model came from the models dir rather than the built-in manifest.
+    pub from_models_dir: bool,
 }
 
 impl ModelSpec {
@@ -120,6 +129,10 @@ pub struct Manifest {
     /// The precision models run at unless a command says otherwise (ARM images: int8).
     pub default_precision: Option<Precision>,
     pub models: Vec<ModelSpec>,
+    /// The models dir's manifest, when one was given.
+    pub models_dir: Option<PathBuf>,
+    /// Why models of the models dir were refused (the built-in ones still serve).
+    pub refused: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +157,8 @@ struct RawModel {
     labels: PathBuf,
     source: String,
     licence: String,
+    #[serde(default)]
+    flip_average: bool,
     input: RawInput,
 }
 
@@ -176,56 +191,68 @@ impl Manifest {
 
     /// Parses manifest text; relative paths are taken from `path`'s folder.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawManifest = toml::from_str(text)
-            .with_context(|| format!("the model manifest {} is not valid", path.display()))?;
-        let folder = path.parent().unwrap_or(Path::new("."));
-        let mut models: Vec<ModelSpec> = Vec::with_capacity(raw.model.len());
-        for model in raw.model {
-            let spec = model
-                .into_spec(folder)
-                .with_context(|| format!("in the model manifest {}", path.display()))?;
-            if models.iter().any(|m| m.name == spec.name) {
-                bail!(
-                    "the model manifest {} names the model {:?} twice",
-                    path.display(),
-                    spec.name
-                );
-            }
-            models.push(spec);
-        }
-        if models.is_empty() {
-            bail!("the model manifest {} lists no model", path.display());
-        }
-        Self::resolve_backbones(&mut models)
-            .with_context(|| format!("in the model manifest {}", path.display()))?;
+        let (default_precision, models) = parse_models(text, path, &[])?;
         Ok(Self {
             path: path.to_path_buf(),
-            default_precision: raw.precision,
+            default_precision,
             models,
+            models_dir: None,
+            refused: Vec::new(),
         })
     }
 
-    /// Points every head at its backbone's weights; the backbone must be a `resnet50`.
-    fn resolve_backbones(models: &mut [ModelSpec]) -> Result<()> {
-        let resnets: Vec<Backbone> = models
+    /// Adds the models of `dir`'s manifest to these. Heads there may sit on a backbone
+    /// of this manifest. Nothing there stops the built-in models: a manifest that does
+    /// not parse is refused whole, a model named like a built-in one alone, and each
+    /// reason is kept in [`Manifest::refused`] (and logged).
+    pub fn with_models_dir(mut self, dir: &Path) -> Self {
+        let path = dir.join(MANIFEST_FILE);
+        self.models_dir = Some(path.clone());
+        // A mounted volume that holds no models yet is not a mistake; a folder that is
+        // not there is.
+        if dir.is_dir() && !path.exists() {
+            tracing::info!(
+                "the models dir {} holds no {MANIFEST_FILE} yet",
+                dir.display()
+            );
+            return self;
+        }
+        let parsed = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the models dir's manifest {}", path.display()))
+            .and_then(|text| parse_models(&text, &path, &self.resnets()));
+        match parsed {
+            Ok((_, models)) => {
+                for mut model in models {
+                    if self.models.iter().any(|m| m.name == model.name) {
+                        self.refused.push(format!(
+                            "model {:?} of {}: a built-in model has that name",
+                            model.name,
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    model.from_models_dir = true;
+                    self.models.push(model);
+                }
+            }
+            Err(error) => self.refused.push(format!(
+                "every model of {} was refused: {error:#}",
+                path.display()
+            )),
+        }
+        for reason in &self.refused {
+            tracing::warn!("{reason}");
+        }
+        self
+    }
+
+    /// The `resnet50` models, as heads refer to them.
+    pub fn resnets(&self) -> Vec<Backbone> {
+        self.models
             .iter()
             .filter(|m| m.architecture == Architecture::Resnet50)
             .map(ModelSpec::as_backbone)
-            .collect();
-        for model in models.iter_mut() {
-            if let Some(backbone) = &mut model.backbone {
-                let Some(found) = resnets.iter().find(|r| r.name == backbone.name) else {
-                    bail!(
-                        "model {:?}: its backbone {:?} is not a resnet50 model of this manifest",
-                        model.name,
-                        backbone.name
-                    );
-                };
-                *backbone = found.clone();
-                model.variant = found.variant;
-            }
-        }
-        Ok(())
+            .collect()
     }
 
     /// The precision to run at: the command's choice, else the manifest's, else f32.
@@ -233,17 +260,25 @@ impl Manifest {
         chosen.or(self.default_precision).unwrap_or_default()
     }
 
-    /// The model of that name, or an error listing the known names.
+    /// The model of that name, or an error listing the known names (and why models of
+    /// the models dir were refused).
     pub fn model(&self, name: &str) -> Result<&ModelSpec> {
         self.models
             .iter()
             .find(|m| m.name == name)
             .with_context(|| {
-                format!(
+                let mut message = format!(
                     "unknown model {name:?}: {} lists {}",
                     self.path.display(),
                     self.names().join(", ")
-                )
+                );
+                if let Some(dir) = &self.models_dir {
+                    message += &format!(" (with the models dir's {})", dir.display());
+                }
+                for reason in &self.refused {
+                    message += &format!("; refused: {reason}");
+                }
+                message
             })
     }
 
@@ -257,17 +292,68 @@ impl Manifest {
     }
 }
 
+/// The precision and models of one manifest's text; heads' backbones are found among
+/// its own `resnet50` models and `backbones` (another manifest's).
+pub(crate) fn parse_models(
+    text: &str,
+    path: &Path,
+    backbones: &[Backbone],
+) -> Result<(Option<Precision>, Vec<ModelSpec>)> {
+    let raw: RawManifest = toml::from_str(text)
+        .with_context(|| format!("the model manifest {} is not valid", path.display()))?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let mut models: Vec<ModelSpec> = Vec::with_capacity(raw.model.len());
+    for model in raw.model {
+        let spec = model
+            .into_spec(folder)
+            .with_context(|| format!("in the model manifest {}", path.display()))?;
+        if models.iter().any(|m| m.name == spec.name) {
+            bail!(
+                "the model manifest {} names the model {:?} twice",
+                path.display(),
+                spec.name
+            );
+        }
+        models.push(spec);
+    }
+    if models.is_empty() {
+        bail!("the model manifest {} lists no model", path.display());
+    }
+    resolve_backbones(&mut models, backbones)
+        .with_context(|| format!("in the model manifest {}", path.display()))?;
+    Ok((raw.precision, models))
+}
+
+/// Points every head at its backbone's weights; the backbone must be a `resnet50` of
+/// the same manifest or of `others`.
+fn resolve_backbones(models: &mut [ModelSpec], others: &[Backbone]) -> Result<()> {
+    let mut resnets: Vec<Backbone> = models
+        .iter()
+        .filter(|m| m.architecture == Architecture::Resnet50)
+        .map(ModelSpec::as_backbone)
+        .collect();
+    resnets.extend_from_slice(others);
+    for model in models.iter_mut() {
+        if let Some(backbone) = &mut model.backbone {
+            let Some(found) = resnets.iter().find(|r| r.name == backbone.name) else {
+                bail!(
+                    "model {:?}: its backbone {:?} is not a resnet50 model of this manifest",
+                    model.name,
+                    backbone.name
+                );
+            };
+            *backbone = found.clone();
+            model.variant = found.variant;
+        }
+    }
+    Ok(())
+}
+
 impl RawModel {
     fn into_spec(self, folder: &Path) -> Result<ModelSpec> {
         let name = self.name;
         let context = || format!("model {name:?}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bail!("model name {name:?} must be non-empty ASCII letters, digits, '-' or '_'");
-        }
+        check_model_name(&name)?;
         check_sha256(&self.sha256).with_context(context)?;
         let int8 = match (self.architecture, self.int8) {
             (Architecture::Resnet50Head, Some(_)) => bail!(
@@ -335,6 +421,7 @@ impl RawModel {
             labels: folder.join(self.labels),
             source: self.source,
             licence: self.licence,
+            flip_average: self.flip_average,
             input: InputSpec {
                 size: input.size,
                 resize: input.resize,
@@ -344,9 +431,23 @@ impl RawModel {
                 mean_rgb: input.mean_rgb,
                 std_rgb: input.std_rgb,
             },
+            from_models_dir: false,
             name,
         })
     }
+}
+
+/// Model names are URL paths (`POST /NAME`) and file names: ASCII letters, digits, '-'
+/// and '_'.
+pub fn check_model_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("model name {name:?} must be non-empty ASCII letters, digits, '-' or '_'");
+    }
+    Ok(())
 }
 
 fn check_sha256(sha256: &str) -> Result<()> {
@@ -398,10 +499,7 @@ std_rgb = [0.229, 0.224, 0.225]
         assert_eq!(arm.precision(None), Precision::Int8);
         assert_eq!(arm.precision(Some(Precision::F32)), Precision::F32);
         let bad = format!("precision = \"int4\"\n{MINIMAL}");
-        let err = format!(
-            "{:#}",
-            Manifest::parse(&bad, Path::new("m.toml")).unwrap_err()
-        );
+        let err = parse_error(&bad);
         assert!(err.contains("int4"), "{err}");
     }
 
@@ -421,10 +519,7 @@ std_rgb = [0.229, 0.224, 0.225]
             .int8
             .is_none());
         let bad = with_int8.replace("AB12ab12", "nothex!!");
-        let err = format!(
-            "{:#}",
-            Manifest::parse(&bad, Path::new("m.toml")).unwrap_err()
-        );
+        let err = parse_error(&bad);
         assert!(
             err.contains("int8 weights") && err.contains("sha256"),
             "{err}"
@@ -451,13 +546,17 @@ std_rgb = [0.229, 0.224, 0.225]
                 "colour",
             ),
         ] {
-            let text = MINIMAL.replace(from, to);
-            let err = format!(
-                "{:#}",
-                Manifest::parse(&text, Path::new("m.toml")).unwrap_err()
-            );
+            let err = parse_error(&MINIMAL.replace(from, to));
             assert!(err.contains(expect), "{expect}: {err}");
         }
+    }
+
+    /// Why `text` is refused, with its causes.
+    fn parse_error(text: &str) -> String {
+        format!(
+            "{:#}",
+            Manifest::parse(text, Path::new("m.toml")).unwrap_err()
+        )
     }
 
     #[test]
@@ -498,11 +597,7 @@ std_rgb = [1.0, 1.0, 1.0]
                 "only resnet50",
             ),
         ] {
-            let text = format!("{MINIMAL}{}", head.replace(from, to));
-            let error = format!(
-                "{:#}",
-                Manifest::parse(&text, Path::new("m.toml")).unwrap_err()
-            );
+            let error = parse_error(&format!("{MINIMAL}{}", head.replace(from, to)));
             assert!(error.contains(expect), "{expect}: {error}");
         }
     }
