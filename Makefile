@@ -39,9 +39,10 @@ ARCHES ?= amd64 arm64 armv7
 # What the images serve: the manifest and the files it names (not the training records).
 # amd64 carries both precisions and serves f32. The ARM images carry only the int8
 # weights and serve them (NEON int8 kernels on both; a quarter of the memory of f32 and a
-# small image for SD cards and slow links).
+# small image for SD cards and slow links). efficientnet-lite0 has no int8 file yet: every
+# image carries its f32 weights (19 MB) and its licence, and serves it at f32.
 WEIGHTS_COMMON := models.toml imagenet-labels.tsv catsdogs-labels.tsv catsdogs-head.safetensors \
-	pets.safetensors pets-labels.tsv
+	pets.safetensors pets-labels.tsv efficientnet-lite0.safetensors efficientnet-lite0-LICENSE.txt
 WEIGHTS_INT8 := resnet50-int8.safetensors catsdogs-cnn-int8.safetensors
 WEIGHTS_F32 := resnet50.safetensors catsdogs-cnn.safetensors
 

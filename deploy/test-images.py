@@ -221,6 +221,15 @@ def test_arch(name):
             pet = json.loads(body)["predictions"][0]
             figures["pets"] = f"{pet['label']} {pet['score']:.3f}"
             check(pet["label"] == "other", f"pets called tiger.jpg {pet}")
+            # And the edge model (f32 on every image until it has int8 weights).
+            check("efficientnet-lite0" in served, f"/_/models serving {served}")
+            status, body = http(
+                "POST", f"http://127.0.0.1:{port}/efficientnet-lite0", photo, timeout=CLASSIFY_SECONDS
+            )
+            check(status == 200, f"POST /efficientnet-lite0 answered {status}: {body[:300]!r}")
+            edge = json.loads(body)["predictions"][0]
+            figures["efficientnet-lite0"] = f"{edge['label']} {edge['score']:.3f}"
+            check(edge["label"] == "tiger", f"efficientnet-lite0 called tiger.jpg {edge}")
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=60)
             check(code == 0, f"exit {code} after SIGTERM: {log_path.read_text()}")

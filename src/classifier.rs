@@ -12,8 +12,10 @@ use candle_core::{Tensor, D};
 use crate::kernels::Threads;
 use crate::labels::Labels;
 use crate::manifest::{Architecture, Backbone, ModelSpec, WeightsFile};
+use crate::models::efficientnet_lite::EfficientNetLite;
 use crate::models::resnet::{self, ResNet};
 use crate::models::small_cnn::SmallCnn;
+use crate::plan::efficientnet_lite::EfficientNetLitePlan;
 use crate::plan::{self, resnet::ResNetPlan, small_cnn::SmallCnnPlan, Precision};
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
@@ -25,6 +27,7 @@ use crate::weights::CheckedWeights;
 enum Network {
     ResNet(Arc<ResNetPlan>),
     SmallCnn(Box<SmallCnnPlan>),
+    EfficientNet(Box<EfficientNetLitePlan>),
     /// A softmax head on a shared backbone's [`ResNetPlan::head_features`]: `weight` is
     /// `[classes, features]`, row-major.
     Head {
@@ -150,6 +153,13 @@ impl Classifier {
     /// f32 weights at load when the manifest names none).
     pub fn load_with(spec: &ModelSpec, precision: Precision) -> Result<Self> {
         let started = Instant::now();
+        let precision = match (spec.architecture, precision) {
+            (Architecture::EfficientNetLite0, Precision::Int8) => {
+                tracing::warn!(model = %spec.name, "efficientnet-lite0 has no int8 path yet: it runs at f32");
+                Precision::F32
+            }
+            _ => precision,
+        };
         let load = || -> Result<Self> {
             let labels = Labels::load(&spec.labels)?;
             let network = match spec.architecture {
@@ -166,6 +176,11 @@ impl Classifier {
                         }
                         Precision::Int8 => quantize::small_cnn_int8_plan(spec)?,
                     }))
+                }
+                Architecture::EfficientNetLite0 => {
+                    let network = CheckedWeights::load(&spec.weights, &spec.sha256)?
+                        .build(|vb| EfficientNetLite::lite0(labels.len(), vb))?;
+                    Network::EfficientNet(Box::new(EfficientNetLitePlan::new(&network)?))
                 }
                 Architecture::Resnet50Head => {
                     let backbone = spec
@@ -232,6 +247,7 @@ impl Classifier {
             Network::ResNet(net) => net.release_memory(),
             Network::Head { backbone, .. } => backbone.release_memory(),
             Network::SmallCnn(net) => net.release_memory(),
+            Network::EfficientNet(net) => net.release_memory(),
         }
     }
 
@@ -254,19 +270,20 @@ impl Classifier {
         let (images, _, height, width) = batch.dims4()?;
         // The images as the batch holds them (no copy when it is contiguous f32).
         let logits = plan::with_f32_values(batch, |values| {
-            let rows = values.chunks_exact(3 * height * width).map(|image| {
-                let mut logits = self.image_logits(image, height, width, threads);
+            let mut logits = Vec::new();
+            for image in values.chunks_exact(3 * height * width) {
+                let mut row = self.image_logits(image, height, width, threads)?;
                 if self.spec.flip_average {
                     let mirrored = preprocess::mirrored(image, height, width);
-                    let other = self.image_logits(&mirrored, height, width, threads);
-                    for (logit, other) in logits.iter_mut().zip(other) {
+                    let other = self.image_logits(&mirrored, height, width, threads)?;
+                    for (logit, other) in row.iter_mut().zip(other) {
                         *logit = (*logit + other) / 2.0;
                     }
                 }
-                logits
-            });
-            rows.flatten().collect::<Vec<f32>>()
-        })?;
+                logits.extend(row);
+            }
+            anyhow::Ok(logits)
+        })??;
         let outputs = logits.len() / images.max(1);
         Ok(Tensor::from_vec(logits, (images, outputs), batch.device())?)
     }
@@ -278,8 +295,8 @@ impl Classifier {
         height: usize,
         width: usize,
         threads: Threads,
-    ) -> Vec<f32> {
-        match &self.network {
+    ) -> Result<Vec<f32>> {
+        Ok(match &self.network {
             Network::ResNet(net) => net.forward(image, height, width, threads),
             Network::Head {
                 backbone,
@@ -294,7 +311,8 @@ impl Classifier {
                     .collect()
             }
             Network::SmallCnn(net) => vec![0.0, net.forward(image, height, width, threads)],
-        }
+            Network::EfficientNet(net) => net.forward(image, height, width, threads),
+        })
     }
 
     /// Class probabilities for a preprocessed batch, `[n, classes]`.

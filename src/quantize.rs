@@ -22,6 +22,10 @@ pub fn quantize(spec: &ModelSpec, classes: usize) -> Result<Int8Weights> {
     match spec.architecture {
         Architecture::Resnet50 => quantize_resnet(&spec.as_backbone(), classes),
         Architecture::SmallCnn => quantize_small_cnn(&spec.weights, &spec.sha256),
+        Architecture::EfficientNetLite0 => bail!(
+            "{}: int8 weights for efficientnet-lite0 are not made yet (it runs at f32)",
+            spec.name
+        ),
         Architecture::Resnet50Head => bail!(
             "model {:?} is a head on {:?}: quantize the backbone (the head stays f32)",
             spec.name,

@@ -5,10 +5,9 @@ use std::path::Path;
 
 use edge_classify::classifier::Classifier;
 use edge_classify::plan::Precision;
-use edge_classify::preprocess;
 use serde_json::Value;
 
-use crate::util::{catsdogs, classify, stderr_of, stdout_of};
+use crate::util::{catsdogs, classify, prepared, stderr_of, stdout_of};
 
 fn eval_json(model: &str, data: &Path) -> Value {
     let output = classify(&[
@@ -89,14 +88,7 @@ fn int8_models_agree_with_f32_on_val() {
         let int8 = Classifier::load_with(spec, Precision::Int8).unwrap();
         let (mut correct, mut correct_int8, mut agree) = (0usize, 0usize, 0usize);
         for chunk in photos.chunks(16) {
-            let inputs: Vec<_> = chunk
-                .iter()
-                .map(|(path, _)| {
-                    let bytes = std::fs::read(path).unwrap();
-                    preprocess::prepare(&bytes, &spec.input, None, preprocess::DEFAULT_MAX_PIXELS)
-                        .unwrap()
-                })
-                .collect();
+            let inputs = prepared(chunk.iter().map(|(path, _)| path.as_path()), &spec.input);
             let rows = exact.probability_rows(&inputs).unwrap();
             let rows_int8 = int8.probability_rows(&inputs).unwrap();
             for (((_, truth), row), row_int8) in chunk.iter().zip(&rows).zip(&rows_int8) {

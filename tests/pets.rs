@@ -2,52 +2,15 @@
 //! the way `weights/make-pets.sh` builds it: the same photos (checked by their hash
 //! against the record), scored as serving scores them.
 
-use std::path::Path;
-
 use edge_classify::classifier::Classifier;
-use edge_classify::labels::Labels;
-use edge_classify::preprocess;
 use edge_classify::train::data::Sample;
 use serde_json::Value;
 
-use crate::util::{manifest, root, shared};
+use crate::util::{manifest, prepared, recorded_test_split, root, shared};
 
 /// Every how many cat and dog photos of the test split is scored (all `other` photos
 /// are: the small class is the one in question).
 const CAT_AND_DOG_STRIDE: usize = 6;
-
-/// The held-out test split of the data set in `data`, as `classify train` holds it
-/// out with the record's settings, checked against the record's hash of its photos.
-pub fn recorded_test_split(data: &Path, record: &Value, labels: &Labels) -> Vec<Sample> {
-    let command = record["command"].as_str().unwrap();
-    let fraction = |flag: &str, default: f64| {
-        command.split_once(flag).map_or(default, |(_, rest)| {
-            rest.split_whitespace().next().unwrap().parse().unwrap()
-        })
-    };
-    let options = edge_classify::train::TrainOptions {
-        data: data.to_path_buf(),
-        val_fraction: fraction("--val-fraction ", 0.15),
-        test_fraction: fraction("--test-fraction ", 0.1),
-        out: data.join("unused.safetensors"),
-        epochs: 1,
-        batch_size: 1,
-        learning_rate: 1e-3,
-        seed: record["seed"].as_u64().unwrap(),
-        patience: 1,
-        weight_average: 0.0,
-        resume: false,
-        limit_per_class: None,
-        cache_dir: data.join("unused-cache"),
-    };
-    let splits = edge_classify::train::load_splits(&options, labels).unwrap();
-    let hashed = edge_classify::train::record::DataRecord::of(data, &splits, labels).unwrap();
-    assert_eq!(
-        hashed.test_sha256, record["data"]["test_sha256"],
-        "the rebuilt test split holds the photos the record names"
-    );
-    splits.test
-}
 
 #[test]
 fn pets_meets_its_goals_on_its_held_out_photos() {
@@ -78,14 +41,7 @@ fn pets_meets_its_goals_on_its_held_out_photos() {
     let (mut right, mut total) = ([0usize; 3], [0usize; 3]);
     let mut closest_call = 1f32;
     for chunk in scored.chunks(16) {
-        let inputs: Vec<_> = chunk
-            .iter()
-            .map(|sample| {
-                let bytes = std::fs::read(&sample.path).unwrap();
-                preprocess::prepare(&bytes, &spec.input, None, preprocess::DEFAULT_MAX_PIXELS)
-                    .unwrap()
-            })
-            .collect();
+        let inputs = prepared(chunk.iter().map(|s| s.path.as_path()), &spec.input);
         for (sample, row) in chunk.iter().zip(pets.probability_rows(&inputs).unwrap()) {
             let best = (0..row.len())
                 .max_by(|&a, &b| row[a].total_cmp(&row[b]))

@@ -2,46 +2,20 @@
 //! PyTorch's top-5 on real photos in both resize modes, and the original service's
 //! published answers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use edge_classify::classifier::ClassifyOptions;
 use edge_classify::predictions::Prediction;
 use edge_classify::preprocess::ResizeMode;
 
-use crate::util::{resnet50, shared};
-
-/// `<photo>.input` (preprocessed) and `<photo>.logits` (PyTorch's forward).
-fn golden() -> HashMap<String, Tensor> {
-    let path = shared().join("weights/resnet50-golden.safetensors");
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+use crate::util::{golden_vectors, max_abs_difference, resnet50, shared};
 
 #[test]
 fn logits_match_the_golden_vectors() {
-    let golden = golden();
-    let mut photos: Vec<&str> = golden
-        .keys()
-        .filter_map(|k| k.strip_suffix(".input"))
-        .collect();
-    photos.sort_unstable();
-    assert!(photos.len() >= 3, "golden vectors for {photos:?}");
-    for photo in photos {
-        let input = &golden[&format!("{photo}.input")];
-        let expected = &golden[&format!("{photo}.logits")];
-        let logits = resnet50().logits(input).unwrap();
-        let worst = max_abs_difference(&logits, expected);
+    // `<photo>.input` (preprocessed) and `<photo>.logits` (PyTorch's forward).
+    for (photo, input, expected) in golden_vectors("resnet50-golden.safetensors") {
+        let worst = max_abs_difference(&resnet50().logits(&input).unwrap(), &expected);
         assert!(worst <= 1e-3, "{photo}: max |logit difference| {worst}");
     }
 }
@@ -113,8 +87,16 @@ fn cow_squashed_like_the_original_service() {
 
 #[test]
 fn a_batch_gives_the_same_logits_as_single_images() {
-    let golden = golden();
-    let inputs = ["tiger", "coffee_cup"].map(|p| golden[&format!("{p}.input")].clone());
+    let golden = golden_vectors("resnet50-golden.safetensors");
+    let input = |name: &str| {
+        golden
+            .iter()
+            .find(|(photo, ..)| photo == name)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let inputs = ["tiger", "coffee_cup"].map(input);
     let batch = Tensor::cat(&inputs, 0).unwrap();
     let together = resnet50().logits(&batch).unwrap();
     for (i, input) in inputs.iter().enumerate() {

@@ -9,6 +9,7 @@ mod browser;
 mod catsdogs;
 mod cli;
 mod deploy;
+mod efficientnet;
 mod faults;
 mod fuzz_corpus;
 mod loading;

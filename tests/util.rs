@@ -1,13 +1,17 @@
 //! Helpers shared by the integration tests: where the shared data lives, the committed
-//! model loaded once per test binary, and running the `classify` binary.
+//! model loaded once per test binary, running the `classify` binary, and a trained
+//! model's held-out test split rebuilt from its record.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use edge_classify::classifier::Classifier;
+use edge_classify::labels::Labels;
 use edge_classify::manifest::Manifest;
 use edge_classify::plan::Precision;
+use edge_classify::train::data::Sample;
+use serde_json::Value;
 
 /// The project's root.
 pub fn root() -> &'static Path {
@@ -108,4 +112,86 @@ pub fn stderr_of(output: &Output) -> String {
 /// The Dogs vs. Cats photos (`train/` and `val/`, each with `cat/` and `dog/`).
 pub fn catsdogs() -> PathBuf {
     shared().join("data").join("catsdogs")
+}
+
+/// The held-out test split of the data set in `data`, as `classify train` holds it
+/// out with the record's settings, checked against the record's hash of its photos.
+pub fn recorded_test_split(data: &Path, record: &Value, labels: &Labels) -> Vec<Sample> {
+    let command = record["command"].as_str().unwrap();
+    let fraction = |flag: &str, default: f64| {
+        command.split_once(flag).map_or(default, |(_, rest)| {
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        })
+    };
+    let options = edge_classify::train::TrainOptions {
+        data: data.to_path_buf(),
+        val_fraction: fraction("--val-fraction ", 0.15),
+        test_fraction: fraction("--test-fraction ", 0.1),
+        out: data.join("unused.safetensors"),
+        epochs: 1,
+        batch_size: 1,
+        learning_rate: 1e-3,
+        seed: record["seed"].as_u64().unwrap(),
+        patience: 1,
+        weight_average: 0.0,
+        resume: false,
+        limit_per_class: None,
+        cache_dir: data.join("unused-cache"),
+    };
+    let splits = edge_classify::train::load_splits(&options, labels).unwrap();
+    let hashed = edge_classify::train::record::DataRecord::of(data, &splits, labels).unwrap();
+    assert_eq!(
+        hashed.test_sha256, record["data"]["test_sha256"],
+        "the rebuilt test split holds the photos the record names"
+    );
+    splits.test
+}
+
+/// Photos decoded and preprocessed as serving prepares them for a model with `input`.
+pub fn prepared<'a>(
+    paths: impl IntoIterator<Item = &'a Path>,
+    input: &edge_classify::preprocess::InputSpec,
+) -> Vec<candle_core::Tensor> {
+    use edge_classify::preprocess;
+    paths
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            preprocess::prepare(&bytes, input, None, preprocess::DEFAULT_MAX_PIXELS)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// The golden vectors of `../shared/weights/<file>`: each photo's preprocessed input and
+/// the reference forward's logits, by photo name.
+pub fn golden_vectors(file: &str) -> Vec<(String, candle_core::Tensor, candle_core::Tensor)> {
+    let path = shared().join("weights").join(file);
+    let mut golden = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    let mut photos: Vec<String> = golden
+        .keys()
+        .filter_map(|k| k.strip_suffix(".input"))
+        .map(String::from)
+        .collect();
+    photos.sort_unstable();
+    assert!(photos.len() >= 3, "golden vectors for {photos:?}");
+    photos
+        .into_iter()
+        .map(|photo| {
+            let input = golden.remove(&format!("{photo}.input")).unwrap();
+            let logits = golden.remove(&format!("{photo}.logits")).unwrap();
+            (photo, input, logits)
+        })
+        .collect()
+}
+
+pub fn max_abs_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }

@@ -100,10 +100,18 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
             spec.name,
             manifest.path.display()
         ),
-        Some(spec) if spec.architecture == Architecture::Resnet50 => bail!(
-            "{:?} is a pretrained ImageNet ResNet-50; train trains small-cnn and head models",
-            spec.name
-        ),
+        Some(spec)
+            if matches!(
+                spec.architecture,
+                Architecture::Resnet50 | Architecture::EfficientNetLite0
+            ) =>
+        {
+            bail!(
+                "{:?} is a pretrained ImageNet {}; train trains small-cnn and head models",
+                spec.name,
+                spec.architecture.name()
+            )
+        }
         Some(spec) => Target::Listed(spec),
         None => {
             let backbone = manifest

@@ -1,4 +1,5 @@
 //! CPU kernels of the inference plan ([`crate::plan`]): matrix products, im2col, pooling,
+//! depthwise convolution,
 //! and how a layer's bands share the pool's threads (`for_each_band`).
 //!
 //! The layout is tract-linalg's: the operations' drivers here (`f32_weights`, `gemm`,
@@ -41,6 +42,7 @@ pub mod aarch64;
 pub mod aligned;
 #[cfg(target_arch = "arm")]
 pub mod arm;
+pub mod depthwise;
 pub mod f32_weights;
 pub mod gemm;
 pub mod im2col;

@@ -53,6 +53,9 @@ pub enum Architecture {
     /// A trained head on the pooled features of a frozen ResNet-50 that the manifest
     /// lists as this model's `backbone`.
     Resnet50Head,
+    /// EfficientNet-Lite0 with its classifier ([`crate::models::efficientnet_lite`]).
+    #[serde(rename = "efficientnet-lite0")]
+    EfficientNetLite0,
 }
 
 impl Architecture {
@@ -61,6 +64,7 @@ impl Architecture {
             Self::Resnet50 => "resnet50",
             Self::SmallCnn => "small-cnn",
             Self::Resnet50Head => "resnet50-head",
+            Self::EfficientNetLite0 => "efficientnet-lite0",
         }
     }
 }
@@ -561,24 +565,14 @@ std_rgb = [0.229, 0.224, 0.225]
 
     #[test]
     fn heads_resolve_their_backbone_among_the_resnets() {
-        let head = r#"
-[[model]]
-name = "head"
-architecture = "resnet50-head"
-backbone = "tiny"
-weights = "head.safetensors"
-sha256 = "3ec2186643ce057332786ef91e8864dd474ee6757c9df16f4f36b69415730655"
-labels = "two.tsv"
-source = "test"
-licence = "MIT"
-[model.input]
-size = 32
-resize = "squash-bilinear"
-channel_order = "rgb"
-pixel_range = 1.0
-mean_rgb = [0.0, 0.0, 0.0]
-std_rgb = [1.0, 1.0, 1.0]
-"#;
+        // The minimal model as a head on itself.
+        let head = MINIMAL
+            .replace("name = \"tiny\"", "name = \"head\"")
+            .replace(
+                "architecture = \"resnet50\"\nvariant = \"v1.5\"",
+                "architecture = \"resnet50-head\"\nbackbone = \"tiny\"",
+            )
+            .replace("tiny.safetensors", "head.safetensors");
         let manifest =
             Manifest::parse(&format!("{MINIMAL}{head}"), Path::new("/m/models.toml")).unwrap();
         let backbone = manifest.model("head").unwrap().backbone.clone().unwrap();

@@ -4,6 +4,7 @@
 //! buffers reused from call to call. The candle modules stay the readable definition
 //! (and the training path); each plan is tested against its module.
 
+pub mod efficientnet_lite;
 pub mod resnet;
 pub mod small_cnn;
 
@@ -189,6 +190,9 @@ pub enum Epilogue<'a> {
     Relu,
     /// Bias plus a shortcut of the output's shape, then ReLU (a residual block's end).
     AddRelu(&'a [f32]),
+    /// Bias plus a shortcut, no activation (a linear bottleneck's end, as in MobileNetV2
+    /// and EfficientNet).
+    Add(&'a [f32]),
     /// Bias only.
     Linear,
 }
@@ -449,13 +453,13 @@ impl Conv2d {
         let (rows, patch) = (window.rows(), window.patch_len());
         output.reset(window.out_height(), window.out_width(), self.out_channels);
         let shortcut = match epilogue {
-            Epilogue::AddRelu(shortcut) => {
+            Epilogue::AddRelu(shortcut) | Epilogue::Add(shortcut) => {
                 assert_eq!(shortcut.len(), output.data().len(), "shortcut shape");
                 Some(shortcut)
             }
             _ => None,
         };
-        let relu = !matches!(epilogue, Epilogue::Linear);
+        let relu = matches!(epilogue, Epilogue::Relu | Epilogue::AddRelu(_));
         let n = self.out_channels;
         // The sums start at the bias (+ shortcut) and end in the ReLU: the x86 int8
         // kernels apply both as they store, the others in passes of their own.

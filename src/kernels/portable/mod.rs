@@ -3,6 +3,7 @@
 //! vectorizes them for the baseline (SSE2 on x86_64, NEON on aarch64); the x86 kernels
 //! compile some of them again with wider vectors enabled.
 
+pub mod depthwise;
 pub mod f32;
 pub mod pool;
 pub mod qgemm;
