@@ -16,7 +16,7 @@ use crate::models::efficientnet_lite::EfficientNetLite;
 use crate::models::resnet::{self, ResNet};
 use crate::models::small_cnn::SmallCnn;
 use crate::plan::efficientnet_lite::EfficientNetLitePlan;
-use crate::plan::{self, resnet::ResNetPlan, small_cnn::SmallCnnPlan, Precision};
+use crate::plan::{self, resnet::ResNetPlan, small_cnn::SmallCnnPlan, BackbonePlan, Precision};
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
 use crate::quantize;
@@ -27,11 +27,11 @@ use crate::weights::CheckedWeights;
 enum Network {
     ResNet(Arc<ResNetPlan>),
     SmallCnn(Box<SmallCnnPlan>),
-    EfficientNet(Box<EfficientNetLitePlan>),
-    /// A softmax head on a shared backbone's [`ResNetPlan::head_features`]: `weight` is
+    EfficientNet(Arc<EfficientNetLitePlan>),
+    /// A softmax head on a shared backbone's [`BackbonePlan::head_features`]: `weight` is
     /// `[classes, features]`, row-major.
     Head {
-        backbone: Arc<ResNetPlan>,
+        backbone: BackbonePlan,
         weight: Vec<f32>,
         bias: Vec<f32>,
     },
@@ -78,6 +78,29 @@ fn shared_resnet(
     Ok(plan)
 }
 
+/// EfficientNet-Lite0 plans already compiled, by weights hash and classes (f32 only).
+type LiteKey = (String, usize);
+static LITES: Mutex<Vec<(LiteKey, Weak<EfficientNetLitePlan>)>> = Mutex::new(Vec::new());
+
+/// The compiled EfficientNet-Lite0 of a weights file, shared like [`shared_resnet`]'s.
+fn shared_lite(network: &Backbone, classes: usize) -> Result<Arc<EfficientNetLitePlan>> {
+    let key = (network.sha256.clone(), classes);
+    let mut cache = LITES.lock().expect("no panics under the lock");
+    cache.retain(|(_, plan)| plan.strong_count() > 0);
+    if let Some(plan) = cache
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, p)| p.upgrade())
+    {
+        return Ok(plan);
+    }
+    let module = CheckedWeights::load(&network.weights, &network.sha256)?
+        .build(|vb| EfficientNetLite::lite0(classes, vb))?;
+    let plan = Arc::new(EfficientNetLitePlan::new(&module)?);
+    cache.push((key, Arc::downgrade(&plan)));
+    Ok(plan)
+}
+
 /// A model's f32 weights; when only its int8 file is installed (the ARM images), the
 /// error says so.
 fn f32_weights(path: &Path, sha256: &str, int8: &Option<WeightsFile>) -> Result<CheckedWeights> {
@@ -89,14 +112,20 @@ fn f32_weights(path: &Path, sha256: &str, int8: &Option<WeightsFile>) -> Result<
     }
 }
 
-/// The ResNet-50 a transfer head sits on (its ImageNet classifier is loaded, since every
-/// tensor of the file must be used, and skipped by [`ResNetPlan::features`]).
-pub fn load_backbone(backbone: &Backbone, precision: Precision) -> Result<Arc<ResNetPlan>> {
-    shared_resnet(backbone, IMAGENET_CLASSES, precision)
-        .with_context(|| format!("cannot load the backbone {:?}", backbone.name))
+/// The network a transfer head sits on, with its ImageNet classifier (whose
+/// log-probabilities the head reads beside the pooled features). EfficientNet-Lite0 runs
+/// at f32 whatever `precision` says (it has no int8 path yet).
+pub fn load_backbone(backbone: &Backbone, precision: Precision) -> Result<BackbonePlan> {
+    let plan = match backbone.architecture {
+        Architecture::EfficientNetLite0 => {
+            shared_lite(backbone, IMAGENET_CLASSES).map(BackbonePlan::EfficientNet)
+        }
+        _ => shared_resnet(backbone, IMAGENET_CLASSES, precision).map(BackbonePlan::ResNet),
+    };
+    plan.with_context(|| format!("cannot load the backbone {:?}", backbone.name))
 }
 
-/// The outputs of the ResNet-50 every backbone was trained with.
+/// The outputs of the ImageNet networks every backbone was trained with.
 const IMAGENET_CLASSES: usize = 1000;
 
 /// Per-request choices.
@@ -178,11 +207,9 @@ impl Classifier {
                     }))
                 }
                 Architecture::EfficientNetLite0 => {
-                    let network = CheckedWeights::load(&spec.weights, &spec.sha256)?
-                        .build(|vb| EfficientNetLite::lite0(labels.len(), vb))?;
-                    Network::EfficientNet(Box::new(EfficientNetLitePlan::new(&network)?))
+                    Network::EfficientNet(shared_lite(&spec.as_backbone(), labels.len())?)
                 }
-                Architecture::Resnet50Head => {
+                Architecture::Head => {
                     let backbone = spec
                         .backbone
                         .as_ref()

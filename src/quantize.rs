@@ -26,7 +26,7 @@ pub fn quantize(spec: &ModelSpec, classes: usize) -> Result<Int8Weights> {
             "{}: int8 weights for efficientnet-lite0 are not made yet (it runs at f32)",
             spec.name
         ),
-        Architecture::Resnet50Head => bail!(
+        Architecture::Head => bail!(
             "model {:?} is a head on {:?}: quantize the backbone (the head stays f32)",
             spec.name,
             spec.backbone.as_ref().map_or("?", |b| b.name.as_str())

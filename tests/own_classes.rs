@@ -182,6 +182,98 @@ fn the_trained_model_predicts_and_evaluates_like_any_other() {
     assert!(report["accuracy"].as_f64().unwrap() >= 0.8, "{report}");
 }
 
+/// The same classes on the other backbone: features from EfficientNet-Lite0, the head
+/// listed with it, and its answers.
+#[test]
+fn a_head_trains_and_predicts_on_efficientnet_lite0() {
+    let models = tempfile::tempdir().unwrap();
+    let dir = models.path().to_str().unwrap();
+    let data = trained().data.path().to_str().unwrap();
+    let cache = models.path().join("cache");
+    let output = classify(&[
+        "--models-dir",
+        dir,
+        "train",
+        "--model",
+        "edge-trio",
+        "--backbone",
+        "efficientnet-lite0",
+        "--data",
+        data,
+        "--epochs",
+        "40",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let record: Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    let manifest = crate::util::manifest().with_models_dir(models.path());
+    let lite0 = manifest.model("efficientnet-lite0").unwrap();
+    assert_eq!(record["backbone_sha256"], lite0.sha256.as_str());
+    let head = manifest.model("edge-trio").unwrap();
+    assert_eq!(head.backbone.as_ref().unwrap().name, "efficientnet-lite0");
+    assert_eq!(
+        head.input, lite0.input,
+        "the head reads photos as its backbone does"
+    );
+    let text = std::fs::read_to_string(models.path().join("models.toml")).unwrap();
+    assert!(text.contains("architecture = \"head\""), "{text}");
+    let dog = sorted_files(&trained().data.path().join("train/dog")).remove(0);
+    let output = classify(&[
+        "--models-dir",
+        dir,
+        "predict",
+        "--model",
+        "edge-trio",
+        "--format",
+        "json",
+        dog.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let answer: Value = serde_json::from_str(stdout_of(&output).trim()).unwrap();
+    assert_eq!(answer["predictions"].as_array().unwrap().len(), 3);
+    // No int8 path for this backbone yet: refused, not silently f32.
+    let output = classify(&[
+        "--models-dir",
+        dir,
+        "train",
+        "--model",
+        "edge-trio",
+        "--force",
+        "--precision",
+        "int8",
+        "--data",
+        data,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("no int8 path"),
+        "{}",
+        stderr_of(&output)
+    );
+    // Retraining keeps the backbone: asking for another is refused.
+    let output = classify(&[
+        "--models-dir",
+        dir,
+        "train",
+        "--model",
+        "edge-trio",
+        "--force",
+        "--backbone",
+        "resnet50",
+        "--data",
+        data,
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("efficientnet-lite0"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
 #[test]
 fn the_function_serves_the_models_dir_beside_the_built_in_models() {
     let server = Server::ready(

@@ -18,12 +18,13 @@ use crate::train::{self, data, TrainOptions};
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// The model: a new name (a head for the classes of --data), or a small-cnn or
-    /// resnet50-head model of the manifest to retrain (with --force).
+    /// head model of the manifest to retrain (with --force).
     #[arg(long)]
     model: String,
-    /// The frozen network a new head sits on: a resnet50 model of the manifest.
-    #[arg(long, default_value = "resnet50")]
-    backbone: String,
+    /// The frozen network a new head sits on: a resnet50 or efficientnet-lite0 model of
+    /// the manifest [default: resnet50]. A listed head keeps its own.
+    #[arg(long)]
+    backbone: Option<String>,
     /// Folder with train/<class>/ photos, and optionally val/<class>/ and test/<class>/.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -79,6 +80,9 @@ pub struct TrainArgs {
     cache_dir: Option<PathBuf>,
 }
 
+/// The backbone of a new head when `--backbone` names none.
+const DEFAULT_BACKBONE: &str = "resnet50";
+
 /// What is trained: a model the manifest lists, or a new head.
 enum Target<'a> {
     Listed(&'a ModelSpec),
@@ -112,18 +116,29 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
                 spec.architecture.name()
             )
         }
-        Some(spec) => Target::Listed(spec),
+        Some(spec) => {
+            let listed_backbone = spec.backbone.as_ref().map(|b| b.name.as_str());
+            match &args.backbone {
+                Some(asked) if Some(asked.as_str()) != listed_backbone => bail!(
+                    "{:?} is listed {}; retraining keeps what it is: train a new name on {asked:?}, or remove its entry first",
+                    spec.name,
+                    listed_backbone.map_or("as a small CNN".to_string(), |b| format!("on the backbone {b:?}"))
+                ),
+                _ => Target::Listed(spec),
+            }
+        }
         None => {
+            let backbone_name = args.backbone.as_deref().unwrap_or(DEFAULT_BACKBONE);
             let backbone = manifest
                 .models
                 .iter()
-                .find(|m| m.name == args.backbone && m.architecture == Architecture::Resnet50)
+                .find(|m| m.name == backbone_name && m.architecture.is_backbone())
                 .with_context(|| {
                     let backbones: Vec<String> =
-                        manifest.resnets().into_iter().map(|b| b.name).collect();
+                        manifest.backbones().into_iter().map(|b| b.name).collect();
                     format!(
                         "no backbone {:?}: this build's backbones are {}",
-                        args.backbone,
+                        backbone_name,
                         backbones.join(", ")
                     )
                 })?;
@@ -157,6 +172,15 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
     }
     if args.precision == Precision::Int8 && cnn {
         bail!("--precision int8 is for heads (their backbone's precision); the CNN trains at f32");
+    }
+    let backbone_architecture = match &target {
+        Target::Listed(spec) => spec.backbone.as_ref().map(|b| b.architecture),
+        Target::NewHead { backbone } => Some(backbone.architecture),
+    };
+    if args.precision == Precision::Int8
+        && backbone_architecture == Some(Architecture::EfficientNetLite0)
+    {
+        bail!("--precision int8: efficientnet-lite0 has no int8 path yet (it runs at f32)");
     }
     if let Target::Listed(spec) = &target {
         if !args.force && args.out.is_none() {
@@ -236,7 +260,7 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
                     classes.join(", "),
                     backbone.name
                 ),
-                architecture: Architecture::Resnet50Head,
+                architecture: Architecture::Head,
                 backbone: Some(backbone.name.clone()),
                 weights: out.clone(),
                 sha256: String::new(),
@@ -283,7 +307,7 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
         ..entry
     };
     let backbones = if manifest.models_dir.is_some() {
-        manifest.resnets()
+        manifest.backbones()
     } else {
         Vec::new()
     };

@@ -244,7 +244,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("models.toml");
         let mut head = entry("pets", dir.path());
-        head.architecture = Architecture::Resnet50Head;
+        head.architecture = Architecture::Head;
         head.backbone = Some("resnet50".into());
         // No resnet50 to sit on: refused, and no file appears.
         let err = upsert(&path, &head, false, &[]).unwrap_err();

@@ -50,20 +50,27 @@ pub enum Architecture {
     Resnet50,
     /// The original project's small dogs-vs-cats CNN ([`crate::models::small_cnn`]).
     SmallCnn,
-    /// A trained head on the pooled features of a frozen ResNet-50 that the manifest
-    /// lists as this model's `backbone`.
-    Resnet50Head,
+    /// A trained head on the features of a frozen network (a `resnet50` or
+    /// `efficientnet-lite0` model) that the manifest lists as this model's `backbone`.
+    /// `resnet50-head`, its first name, still reads.
+    #[serde(rename = "head", alias = "resnet50-head")]
+    Head,
     /// EfficientNet-Lite0 with its classifier ([`crate::models::efficientnet_lite`]).
     #[serde(rename = "efficientnet-lite0")]
     EfficientNetLite0,
 }
 
 impl Architecture {
+    /// Whether a head can sit on a model of this architecture.
+    pub fn is_backbone(self) -> bool {
+        matches!(self, Self::Resnet50 | Self::EfficientNetLite0)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Resnet50 => "resnet50",
             Self::SmallCnn => "small-cnn",
-            Self::Resnet50Head => "resnet50-head",
+            Self::Head => "head",
             Self::EfficientNetLite0 => "efficientnet-lite0",
         }
     }
@@ -80,6 +87,8 @@ pub struct WeightsFile {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backbone {
     pub name: String,
+    /// `resnet50` or `efficientnet-lite0`.
+    pub architecture: Architecture,
     pub variant: Variant,
     pub weights: PathBuf,
     pub sha256: String,
@@ -95,7 +104,7 @@ pub struct ModelSpec {
     pub architecture: Architecture,
     /// The ResNet variant (ResNet-50 models and heads: their backbone's).
     pub variant: Variant,
-    /// For `resnet50-head` models.
+    /// For `head` models.
     pub backbone: Option<Backbone>,
     pub weights: PathBuf,
     pub sha256: String,
@@ -118,6 +127,7 @@ impl ModelSpec {
     pub fn as_backbone(&self) -> Backbone {
         Backbone {
             name: self.name.clone(),
+            architecture: self.architecture,
             variant: self.variant,
             weights: self.weights.clone(),
             sha256: self.sha256.clone(),
@@ -223,7 +233,7 @@ impl Manifest {
         }
         let parsed = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read the models dir's manifest {}", path.display()))
-            .and_then(|text| parse_models(&text, &path, &self.resnets()));
+            .and_then(|text| parse_models(&text, &path, &self.backbones()));
         match parsed {
             Ok((_, models)) => {
                 for mut model in models {
@@ -250,11 +260,11 @@ impl Manifest {
         self
     }
 
-    /// The `resnet50` models, as heads refer to them.
-    pub fn resnets(&self) -> Vec<Backbone> {
+    /// The models a head can sit on, as heads refer to them.
+    pub fn backbones(&self) -> Vec<Backbone> {
         self.models
             .iter()
-            .filter(|m| m.architecture == Architecture::Resnet50)
+            .filter(|m| m.architecture.is_backbone())
             .map(ModelSpec::as_backbone)
             .collect()
     }
@@ -331,17 +341,17 @@ pub(crate) fn parse_models(
 /// Points every head at its backbone's weights; the backbone must be a `resnet50` of
 /// the same manifest or of `others`.
 fn resolve_backbones(models: &mut [ModelSpec], others: &[Backbone]) -> Result<()> {
-    let mut resnets: Vec<Backbone> = models
+    let mut backbones: Vec<Backbone> = models
         .iter()
-        .filter(|m| m.architecture == Architecture::Resnet50)
+        .filter(|m| m.architecture.is_backbone())
         .map(ModelSpec::as_backbone)
         .collect();
-    resnets.extend_from_slice(others);
+    backbones.extend_from_slice(others);
     for model in models.iter_mut() {
         if let Some(backbone) = &mut model.backbone {
-            let Some(found) = resnets.iter().find(|r| r.name == backbone.name) else {
+            let Some(found) = backbones.iter().find(|b| b.name == backbone.name) else {
                 bail!(
-                    "model {:?}: its backbone {:?} is not a resnet50 model of this manifest",
+                    "model {:?}: its backbone {:?} is not a resnet50 or efficientnet-lite0 model of this manifest",
                     model.name,
                     backbone.name
                 );
@@ -360,7 +370,7 @@ impl RawModel {
         check_model_name(&name)?;
         check_sha256(&self.sha256).with_context(context)?;
         let int8 = match (self.architecture, self.int8) {
-            (Architecture::Resnet50Head, Some(_)) => bail!(
+            (Architecture::Head, Some(_)) => bail!(
                 "{}: a head runs at its backbone's precision; give the backbone the int8 file",
                 context()
             ),
@@ -398,21 +408,23 @@ impl RawModel {
         };
         let backbone = match (self.architecture, self.backbone) {
             // Resolved against the other models once all are read.
-            (Architecture::Resnet50Head, Some(name)) => Some(Backbone {
+            (Architecture::Head, Some(name)) => Some(Backbone {
                 name,
+                // Resolved with the rest below.
+                architecture: Architecture::Resnet50,
                 variant,
                 weights: PathBuf::new(),
                 sha256: String::new(),
                 int8: None,
             }),
-            (Architecture::Resnet50Head, None) => {
+            (Architecture::Head, None) => {
                 bail!(
-                    "{}: a resnet50-head needs a backbone (a resnet50 model's name)",
+                    "{}: a head needs a backbone (a resnet50 or efficientnet-lite0 model's name)",
                     context()
                 )
             }
             (_, None) => None,
-            (_, Some(_)) => bail!("{}: only resnet50-head models take a backbone", context()),
+            (_, Some(_)) => bail!("{}: only head models take a backbone", context()),
         };
         Ok(ModelSpec {
             description: self.description,

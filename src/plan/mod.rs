@@ -774,6 +774,62 @@ impl Dense {
     }
 }
 
+/// `ln 1e-12`: log-probabilities below it say no more than "not this class".
+const LOG_PROBABILITY_FLOOR: f32 = -27.631_021;
+
+/// Appends the log-probabilities of a backbone's ImageNet `logits` to its pooled
+/// `features`, floored at `ln 1e-12` and scaled by 1/10 to the pooled activations' range:
+/// what a transfer head reads. They carry what the backbone learnt of a thousand classes,
+/// which a head trained on few photos of "neither" cannot: they help it tell a tiger from
+/// a tabby it never saw.
+pub(crate) fn append_log_probabilities(features: &mut Vec<f32>, logits: &[f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_total = logits.iter().map(|z| (z - max).exp()).sum::<f32>().ln();
+    features.extend(
+        logits
+            .iter()
+            .map(|z| (z - max - log_total).max(LOG_PROBABILITY_FLOOR) * 0.1),
+    );
+}
+
+/// A compiled network a transfer head sits on, shared with the model it comes from.
+#[derive(Debug, Clone)]
+pub enum BackbonePlan {
+    ResNet(std::sync::Arc<resnet::ResNetPlan>),
+    EfficientNet(std::sync::Arc<efficientnet_lite::EfficientNetLitePlan>),
+}
+
+impl BackbonePlan {
+    /// Pooled features and ImageNet log-probabilities of one planar image.
+    pub fn head_features(
+        &self,
+        chw: &[f32],
+        height: usize,
+        width: usize,
+        threads: Threads,
+    ) -> Vec<f32> {
+        match self {
+            Self::ResNet(plan) => plan.head_features(chw, height, width, threads),
+            Self::EfficientNet(plan) => plan.head_features(chw, height, width, threads),
+        }
+    }
+
+    /// The length of [`Self::head_features`].
+    pub fn head_feature_dim(&self) -> usize {
+        match self {
+            Self::ResNet(plan) => plan.head_feature_dim(),
+            Self::EfficientNet(plan) => plan.head_feature_dim(),
+        }
+    }
+
+    pub fn release_memory(&self) {
+        match self {
+            Self::ResNet(plan) => plan.release_memory(),
+            Self::EfficientNet(plan) => plan.release_memory(),
+        }
+    }
+}
+
 /// A pool of reusable per-call buffers, so concurrent callers never share one and a
 /// steady stream of requests allocates nothing.
 #[derive(Debug, Default)]

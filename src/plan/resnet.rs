@@ -88,9 +88,6 @@ impl BottleneckPlan {
     }
 }
 
-/// `ln 1e-12`: log-probabilities below it say no more than "not this class".
-const LOG_PROBABILITY_FLOOR: f32 = -27.631_021;
-
 impl ResNetPlan {
     /// Compiles a ResNet, folding its BatchNorms layer by layer, and frees each layer once
     /// laid out (loading never holds the model and its plan whole side by side). With int8,
@@ -158,10 +155,8 @@ impl ResNetPlan {
     }
 
     /// What a transfer head reads of one image: the pooled features, then the ImageNet
-    /// classifier's log-probabilities when the network has one (floored at
-    /// `ln 1e-12`, scaled by 1/10 to the pooled activations' range). They carry what the
-    /// backbone learnt of a thousand classes, which a head trained on few photos of
-    /// "neither" cannot: they help it tell a tiger from a tabby it never saw.
+    /// classifier's log-probabilities when the network has one
+    /// ([`super::append_log_probabilities`]).
     pub fn head_features(
         &self,
         chw: &[f32],
@@ -172,13 +167,7 @@ impl ResNetPlan {
         let mut features = self.features(chw, height, width, threads);
         if let Some(fc) = &self.fc {
             let logits = fc.forward(&features, threads);
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_total = logits.iter().map(|z| (z - max).exp()).sum::<f32>().ln();
-            features.extend(
-                logits
-                    .iter()
-                    .map(|z| (z - max - log_total).max(LOG_PROBABILITY_FLOOR) * 0.1),
-            );
+            super::append_log_probabilities(&mut features, &logits);
         }
         features
     }

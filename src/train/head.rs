@@ -1,5 +1,5 @@
 //! Transfer learning for any set of classes: the frozen backbone's pooled features and
-//! ImageNet log-probabilities of every photo ([`ResNetPlan::head_features`]), extracted once and cached on disk (keyed by the photos' and the
+//! ImageNet log-probabilities of every photo ([`BackbonePlan::head_features`]), extracted once and cached on disk (keyed by the photos' and the
 //! backbone's hashes, its precision and the preprocessing), then a softmax head with
 //! class-balanced loss trained on them in seconds.
 
@@ -22,7 +22,7 @@ use crate::classifier::load_backbone;
 use crate::kernels::Threads;
 use crate::labels::Labels;
 use crate::manifest::{Architecture, Backbone};
-use crate::plan::resnet::ResNetPlan;
+use crate::plan::BackbonePlan;
 use crate::plan::Precision;
 use crate::preprocess;
 
@@ -170,7 +170,7 @@ pub fn train(task: &HeadTask, options: &TrainOptions) -> Result<TrainRecord> {
     );
     let record = TrainRecord {
         model: task.name.to_string(),
-        architecture: Architecture::Resnet50Head.name().into(),
+        architecture: Architecture::Head.name().into(),
         command: record::command_line(),
         seed: options.seed,
         batch_size: options.batch_size,
@@ -379,7 +379,7 @@ fn cache_key(data: &DataRecord, task: &HeadTask) -> String {
 /// Pooled features of every sample, preprocessed exactly as serving does; photos that
 /// do not decode are left out and returned as `path: reason`.
 fn extract(
-    backbone: &ResNetPlan,
+    backbone: &BackbonePlan,
     samples: &[Sample],
     input: &preprocess::InputSpec,
     what: &str,
