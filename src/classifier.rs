@@ -55,27 +55,18 @@ fn shared_resnet(
         _ => &resnet.sha256,
     };
     let key = (source.clone(), classes, precision);
-    let mut cache = RESNETS.lock().expect("no panics under the lock");
-    cache.retain(|(_, plan)| plan.strong_count() > 0);
-    if let Some(plan) = cache
-        .iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, p)| p.upgrade())
-    {
-        return Ok(plan);
-    }
-    let plan = Arc::new(match precision {
-        Precision::F32 => {
-            let config = resnet::Config::resnet50(resnet.variant, Some(classes));
-            // The plan folds each BatchNorm as it lays its layer out.
-            let network = f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
-                .build(|vb| ResNet::new(&config, vb))?;
-            ResNetPlan::new(network, precision)?
-        }
-        Precision::Int8 => quantize::resnet_int8_plan(resnet, classes)?,
-    });
-    cache.push((key, Arc::downgrade(&plan)));
-    Ok(plan)
+    cached(&RESNETS, key, || {
+        Ok(match precision {
+            Precision::F32 => {
+                let config = resnet::Config::resnet50(resnet.variant, Some(classes));
+                // The plan folds each BatchNorm as it lays its layer out.
+                let network = f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
+                    .build(|vb| ResNet::new(&config, vb))?;
+                ResNetPlan::new(network, precision)?
+            }
+            Precision::Int8 => quantize::resnet_int8_plan(resnet, classes)?,
+        })
+    })
 }
 
 /// EfficientNet-Lite0 plans already compiled, by weights hash and classes (f32 only).
@@ -84,8 +75,21 @@ static LITES: Mutex<Vec<(LiteKey, Weak<EfficientNetLitePlan>)>> = Mutex::new(Vec
 
 /// The compiled EfficientNet-Lite0 of a weights file, shared like [`shared_resnet`]'s.
 fn shared_lite(network: &Backbone, classes: usize) -> Result<Arc<EfficientNetLitePlan>> {
-    let key = (network.sha256.clone(), classes);
-    let mut cache = LITES.lock().expect("no panics under the lock");
+    cached(&LITES, (network.sha256.clone(), classes), || {
+        let module = CheckedWeights::load(&network.weights, &network.sha256)?
+            .build(|vb| EfficientNetLite::lite0(classes, vb))?;
+        EfficientNetLitePlan::new(&module)
+    })
+}
+
+/// The plan `cache` holds for `key` while some model still uses it, else a new one from
+/// `build`, kept for the next caller.
+fn cached<K: PartialEq, T>(
+    cache: &Mutex<Vec<(K, Weak<T>)>>,
+    key: K,
+    build: impl FnOnce() -> Result<T>,
+) -> Result<Arc<T>> {
+    let mut cache = cache.lock().expect("no panics under the lock");
     cache.retain(|(_, plan)| plan.strong_count() > 0);
     if let Some(plan) = cache
         .iter()
@@ -94,9 +98,7 @@ fn shared_lite(network: &Backbone, classes: usize) -> Result<Arc<EfficientNetLit
     {
         return Ok(plan);
     }
-    let module = CheckedWeights::load(&network.weights, &network.sha256)?
-        .build(|vb| EfficientNetLite::lite0(classes, vb))?;
-    let plan = Arc::new(EfficientNetLitePlan::new(&module)?);
+    let plan = Arc::new(build()?);
     cache.push((key, Arc::downgrade(&plan)));
     Ok(plan)
 }

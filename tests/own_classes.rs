@@ -89,6 +89,25 @@ fn trained() -> &'static Trained {
     })
 }
 
+/// `classify --models-dir DIR predict --model MODEL --format json [extra] PHOTO`, which
+/// must succeed: its answer.
+fn predict_json(dir: &str, model: &str, photo: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--models-dir",
+        dir,
+        "predict",
+        "--model",
+        model,
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    args.push(photo.to_str().unwrap());
+    let output = classify(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    serde_json::from_str(stdout_of(&output).trim()).unwrap()
+}
+
 fn models_dir() -> &'static str {
     trained().models.path().to_str().unwrap()
 }
@@ -140,20 +159,7 @@ fn the_trained_model_predicts_and_evaluates_like_any_other() {
     let trained = trained();
     let dog = sorted_files(&trained.data.path().join("train/dog")).remove(0);
     // A `top` beyond the classes lists them all.
-    let output = classify(&[
-        "--models-dir",
-        models_dir(),
-        "predict",
-        "--model",
-        "trio",
-        "--top",
-        "10",
-        "--format",
-        "json",
-        dog.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let answer: Value = serde_json::from_str(stdout_of(&output).trim()).unwrap();
+    let answer = predict_json(models_dir(), "trio", &dog, &["--top", "10"]);
     let predictions = answer["predictions"].as_array().unwrap();
     assert_eq!(predictions.len(), 3);
     let total: f64 = predictions
@@ -219,18 +225,7 @@ fn a_head_trains_and_predicts_on_efficientnet_lite0() {
     let text = std::fs::read_to_string(models.path().join("models.toml")).unwrap();
     assert!(text.contains("architecture = \"head\""), "{text}");
     let dog = sorted_files(&trained().data.path().join("train/dog")).remove(0);
-    let output = classify(&[
-        "--models-dir",
-        dir,
-        "predict",
-        "--model",
-        "edge-trio",
-        "--format",
-        "json",
-        dog.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let answer: Value = serde_json::from_str(stdout_of(&output).trim()).unwrap();
+    let answer = predict_json(dir, "edge-trio", &dog, &[]);
     assert_eq!(answer["predictions"].as_array().unwrap().len(), 3);
     // No int8 path for this backbone yet: refused, not silently f32.
     let output = classify(&[
