@@ -108,6 +108,12 @@ fn predict_json(dir: &str, model: &str, photo: &Path, extra: &[&str]) -> Value {
     serde_json::from_str(stdout_of(&output).trim()).unwrap()
 }
 
+/// A usage error (exit 2) whose message says `reason`.
+fn assert_refused(output: &std::process::Output, reason: &str) {
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(output));
+    assert!(stderr_of(output).contains(reason), "{}", stderr_of(output));
+}
+
 fn models_dir() -> &'static str {
     trained().models.path().to_str().unwrap()
 }
@@ -242,12 +248,7 @@ fn a_head_trains_and_predicts_on_efficientnet_lite0() {
         "--cache-dir",
         cache.to_str().unwrap(),
     ]);
-    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
-    assert!(
-        stderr_of(&output).contains("no int8 path"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_refused(&output, "no int8 path");
     // Retraining keeps the backbone: asking for another is refused.
     let output = classify(&[
         "--models-dir",
@@ -261,12 +262,7 @@ fn a_head_trains_and_predicts_on_efficientnet_lite0() {
         "--data",
         data,
     ]);
-    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
-    assert!(
-        stderr_of(&output).contains("efficientnet-lite0"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_refused(&output, "efficientnet-lite0");
 }
 
 #[test]
@@ -315,12 +311,7 @@ fn a_broken_models_dir_leaves_the_built_in_models_serving() {
 
     // `predict` names the problem.
     let output = classify(&["--models-dir", dir, "predict", "--model", "trio", "x.jpg"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr_of(&output).contains("refused"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_refused(&output, "refused");
 
     // A models dir whose model's weights are missing: that model alone is left out.
     let missing = tempfile::tempdir().unwrap();
@@ -357,12 +348,7 @@ fn names_already_taken_are_refused_unless_forced() {
     };
     // A built-in model's name cannot be taken by the models dir, even with --force.
     let output = train(models_dir(), "catsdogs", &["--force"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr_of(&output).contains("built-in"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_refused(&output, "built-in");
     // A copy of the trained models dir: retraining `trio` needs --force.
     let copy = tempfile::tempdir().unwrap();
     for file in ["models.toml", "trio.safetensors", "trio-labels.tsv"] {
@@ -371,12 +357,7 @@ fn names_already_taken_are_refused_unless_forced() {
     let models = copy.path().to_str().unwrap();
     let before = std::fs::read_to_string(copy.path().join("models.toml")).unwrap();
     let output = train(models, "trio", &[]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr_of(&output).contains("--force"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_refused(&output, "--force");
     assert_eq!(
         std::fs::read_to_string(copy.path().join("models.toml")).unwrap(),
         before
@@ -461,12 +442,7 @@ fn bad_class_folders_are_refused_with_a_reason() {
         assert!(!models.path().join("models.toml").exists(), "{what}");
     }
     let output = classify(&["train", "--model", "no/slash", "--data", "."]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr_of(&output).contains("model name"),
-        "{}",
-        stderr_of(&output)
-    );
+    assert_refused(&output, "model name");
 }
 
 /// `dir/train/<class>/` with two cat photos.

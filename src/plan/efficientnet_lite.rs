@@ -254,17 +254,7 @@ mod tests {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let model = EfficientNetLite::lite0(10, vb).unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let shape = var.shape().clone();
-            let value = if name.ends_with("running_var") {
-                Tensor::rand(0.5f32, 2.0, shape, &Device::Cpu)
-            } else if name.ends_with("running_mean") || name.ends_with("bias") {
-                Tensor::rand(-0.2f32, 0.2, shape, &Device::Cpu)
-            } else {
-                Tensor::rand(-0.4f32, 0.4, shape, &Device::Cpu)
-            };
-            var.set(&value.unwrap()).unwrap();
-        }
+        super::super::randomize_for_tests(&varmap, 0.4);
         model
     }
 

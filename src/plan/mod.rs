@@ -830,6 +830,20 @@ impl BackbonePlan {
     }
 }
 
+/// Gives a module's variables random values for plan-versus-module tests: uniform in
+/// `-bound..bound`, BatchNorm variances in `0.5..2`.
+#[cfg(test)]
+pub(crate) fn randomize_for_tests(varmap: &candle_nn::VarMap, bound: f32) {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let (low, high) = match name.ends_with("running_var") {
+            true => (0.5, 2.0),
+            false => (-bound, bound),
+        };
+        let value = Tensor::rand(low, high, var.shape(), &candle_core::Device::Cpu).unwrap();
+        var.set(&value).unwrap();
+    }
+}
+
 /// A pool of reusable per-call buffers, so concurrent callers never share one and a
 /// steady stream of requests allocates nothing.
 #[derive(Debug, Default)]
