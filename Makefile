@@ -179,7 +179,7 @@ ARMV7_TEST := $(CARGO) test --locked --target armv7-unknown-linux-gnueabihf
 # The integration tests that check the numbers: golden logits (f32 within 1e-3 of
 # PyTorch) and int8 (file = quantized at load, near f32). The rest exercise the server
 # and the CLI, not the arithmetic, and take minutes each under emulation.
-ARM_INTEGRATION := reference::logits_match_the_golden_vectors quantize::the_int8_file_is
+ARM_INTEGRATION := reference::logits_match_the_golden_vectors efficientnet::logits_match_the_golden_vectors quantize::the_int8_file_is
 
 # One CPU model's run: the runner picks the model, the variables what it must offer.
 # $(1) target triple, $(2) its cargo test command, $(3) qemu, $(4) sysroot, $(5) CPU.
