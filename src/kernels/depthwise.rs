@@ -1,10 +1,20 @@
 //! Depthwise convolution (one k x k filter per channel, as in MobileNet and EfficientNet
 //! blocks) over NHWC maps: the geometry, with TensorFlow's "SAME" padding, the weights'
-//! layout, and the driver that gives each thread a band of output rows. The portable
-//! kernel ([`super::portable::depthwise`]) is the reference SIMD variants are tested
-//! against.
+//! layout, and the driver that gives each thread a band of output rows and runs the
+//! kernel of the table. The portable kernel ([`super::portable::depthwise`]) is the
+//! reference the others are tested against.
 
+use super::table::table;
 use super::{for_each_band, Threads};
+
+/// One build of the depthwise loop.
+#[derive(Debug)]
+pub struct DepthwiseKernel {
+    pub name: &'static str,
+    /// `(geometry, input, weights, ceiling, first_row, rows)`: output rows `first_row..`
+    /// into `rows` (the caller checked the lengths).
+    pub rows: fn(&DepthwiseGeometry, &[f32], &DepthwiseWeights, f32, usize, &mut [f32]),
+}
 
 /// The shape of one depthwise convolution over `[height, width, channels]` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,15 +142,23 @@ pub fn depthwise(
         .chunks_mut(rows_per_band * row_len)
         .enumerate()
         .collect();
+    let kernel = table().depthwise.rows;
     for_each_band(bands, &|(band, rows): (usize, &mut [f32])| {
-        let first_row = band * rows_per_band;
-        super::portable::depthwise::rows(geometry, input, weights, ceiling, first_row, rows);
+        kernel(
+            geometry,
+            input,
+            weights,
+            ceiling,
+            band * rows_per_band,
+            rows,
+        );
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::table::variants;
 
     #[test]
     fn same_padding_is_tensorflows() {
@@ -161,23 +179,36 @@ mod tests {
     }
 
     /// Every output value against the definition, one tap at a time, on odd sizes, both
-    /// strides and kernels, several threads.
+    /// strides and kernels: the driver with one and several threads, and every kernel
+    /// this CPU runs.
     #[test]
     fn the_driver_computes_the_definition() {
-        let (channels, height, width) = (5, 9, 7);
-        let input: Vec<f32> = (0..height * width * channels)
-            .map(|i| ((i * 37 % 23) as f32 - 8.0) * 0.5)
-            .collect();
-        for (kernel, stride) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+        let (height, width) = (9, 7);
+        // Fewer channels than a block, and a whole block and a part.
+        for (channels, kernel, stride) in [(5, 3, 1), (5, 3, 2), (5, 5, 1), (70, 5, 2), (70, 3, 1)]
+        {
+            let input: Vec<f32> = (0..height * width * channels)
+                .map(|i| ((i * 37 % 23) as f32 - 8.0) * 0.5)
+                .collect();
             let g = DepthwiseGeometry::same(channels, height, width, kernel, stride);
             let stored: Vec<f32> = (0..channels * kernel * kernel)
                 .map(|i| ((i * 11 % 7) as f32 - 3.0) * 0.25)
                 .collect();
             let bias: Vec<f32> = (0..channels).map(|c| c as f32 - 2.0).collect();
             let weights = DepthwiseWeights::from_stored(&stored, channels, kernel, bias.clone());
+            // The driver (the table's kernel, in bands), then every kernel this CPU runs.
+            let mut runs: Vec<(String, Vec<f32>)> = Vec::new();
             for threads in [1, 3] {
                 let mut output = vec![f32::NAN; g.output_len()];
                 depthwise(&g, &input, &weights, 6.0, &mut output, Threads(threads));
+                runs.push((format!("driver, {threads} threads"), output));
+            }
+            for kernel in variants("depthwise", |k| k.depthwise, |k| k.name) {
+                let mut output = vec![f32::NAN; g.output_len()];
+                (kernel.rows)(&g, &input, &weights, 6.0, 0, &mut output);
+                runs.push((kernel.name.to_string(), output));
+            }
+            for (run, output) in &runs {
                 for (i, &got) in output.iter().enumerate() {
                     let (pixel, c) = (i / channels, i % channels);
                     let (oy, ox) = (pixel / g.out_width, pixel % g.out_width);
@@ -196,7 +227,7 @@ mod tests {
                     let want = sum.clamp(0.0, 6.0);
                     assert!(
                         (got - want).abs() <= 1e-5,
-                        "k{kernel} s{stride} t{threads} [{oy},{ox},{c}]: {got} vs {want}"
+                        "k{kernel} s{stride} {run} [{oy},{ox},{c}]: {got} vs {want}"
                     );
                 }
             }

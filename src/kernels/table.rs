@@ -9,6 +9,7 @@
 
 use std::sync::OnceLock;
 
+use super::depthwise::DepthwiseKernel;
 use super::f32_weights::F32Kernel;
 use super::pool::PoolKernel;
 use super::qgemm;
@@ -30,17 +31,20 @@ pub struct Kernels {
     pub quantize: &'static QuantizeKernel,
     /// 2 x 2 max pooling.
     pub pool: &'static PoolKernel,
+    /// Depthwise convolutions (EfficientNet-Lite0's blocks).
+    pub depthwise: &'static DepthwiseKernel,
 }
 
 impl Kernels {
     /// `(operation, kernel)` for every entry, in the table's order: what `classify bench`,
     /// `/metrics` and the README list.
-    pub fn entries(&self) -> [(&'static str, &'static str); 4] {
+    pub fn entries(&self) -> [(&'static str, &'static str); 5] {
         [
             ("f32", self.f32.name),
             ("int8", self.int8.name),
             ("quantize", self.quantize.name),
             ("pool", self.pool.name),
+            ("depthwise", self.depthwise.name),
         ]
     }
 }
@@ -100,6 +104,7 @@ pub fn select() -> Result<&'static Kernels, KernelsError> {
                 int8 = chosen.int8.name,
                 quantize = chosen.quantize.name,
                 pool = chosen.pool.name,
+                depthwise = chosen.depthwise.name,
                 "kernels"
             );
             Ok(chosen)

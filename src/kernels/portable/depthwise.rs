@@ -1,12 +1,31 @@
 //! The portable depthwise convolution: for each output pixel, the bias, then each tap
 //! inside the input as a loop over the channels (contiguous in NHWC, so the compiler
-//! vectorizes it), then the clamp. The reference the SIMD variants are tested against.
+//! vectorizes it), then the clamp. The reference the others are tested against, and
+//! what the x86 kernels compile again with wider vectors (no fused multiply-add: every
+//! build gives the same bits).
 
-use crate::kernels::depthwise::{DepthwiseGeometry, DepthwiseWeights};
+use crate::kernels::depthwise::{DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights};
+
+/// `min(v, ceiling)` as one `minps`-like instruction (`f32::min`'s NaN rule took two
+/// more); a NaN input gives `ceiling`.
+#[inline(always)]
+fn below(v: f32, ceiling: f32) -> f32 {
+    if v < ceiling {
+        v
+    } else {
+        ceiling
+    }
+}
+
+pub static DEPTHWISE: DepthwiseKernel = DepthwiseKernel {
+    name: "portable",
+    rows,
+};
 
 /// Output rows `first_row..` of the layer into `rows` (whole rows of
 /// `out_width * channels` values).
-pub fn rows(
+#[inline(always)]
+pub(crate) fn rows(
     g: &DepthwiseGeometry,
     input: &[f32],
     weights: &DepthwiseWeights,
@@ -30,12 +49,12 @@ pub fn rows(
                     let pixel = &input[(y * g.width + x) * channels..][..channels];
                     let tap = &weights.values[(ky * g.kernel + kx) * channels..][..channels];
                     for ((o, &v), &w) in out.iter_mut().zip(pixel).zip(tap) {
-                        *o += v.min(ceiling) * w;
+                        *o += below(v, ceiling) * w;
                     }
                 }
             }
             for o in out.iter_mut() {
-                *o = o.max(0.0).min(ceiling);
+                *o = below(o.max(0.0), ceiling);
             }
         }
     }

@@ -18,4 +18,5 @@ pub const KERNELS: Kernels = Kernels {
     int8: &qgemm::REFERENCE,
     quantize: &quantize::QUANTIZE,
     pool: &pool::POOL,
+    depthwise: &depthwise::DEPTHWISE,
 };

@@ -1,13 +1,14 @@
 //! The x86_64 kernels and the levels of the kernel table they make up, each the one below
 //! with some entries replaced:
 //! - `avx2` (AVX2 + FMA: Haswell and later, Zen 1 and later): our f32 panel kernel with a
-//!   3 x 32 tile (`f32_avx2.rs`), the int8 `vpmaddubsw` tile and the quantization loops
-//!   compiled for AVX2;
+//!   3 x 32 tile (`f32_avx2.rs`), the int8 `vpmaddubsw` tile and the quantization and
+//!   depthwise loops compiled for AVX2;
 //! - `avx512` (AVX-512 F, BW and VL): our f32 panel kernel (14 x 32 tile, `f32.rs`), the
-//!   quantization and pooling loops compiled for AVX-512;
+//!   quantization, pooling and depthwise loops compiled for AVX-512;
 //! - `avx512vnni`: the int8 `vpdpbusd` tile;
 //! - `amx` (Linux on Xeons from Sapphire Rapids): int8 tile products (`amx.rs`).
 
+mod depthwise;
 pub mod f32;
 mod f32_avx2;
 mod f32_avx512;
@@ -27,6 +28,7 @@ pub const AVX2: Kernels = Kernels {
     f32: &f32::AVX2,
     int8: &qgemm::AVX2,
     quantize: &quantize::AVX2,
+    depthwise: &depthwise::AVX2,
     ..portable::KERNELS
 };
 
@@ -35,6 +37,7 @@ pub const AVX512: Kernels = Kernels {
     f32: &f32::AVX512,
     quantize: &quantize::AVX512,
     pool: &pool::AVX512,
+    depthwise: &depthwise::AVX512,
     ..AVX2
 };
 
