@@ -4,46 +4,31 @@
 use crate::kernels::depthwise::{DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights};
 use crate::kernels::portable::depthwise::rows;
 
-pub static AVX2: DepthwiseKernel = DepthwiseKernel {
-    name: "avx2",
-    // SAFETY: listed only at levels whose CPU has AVX2.
-    rows: |g, input, weights, ceiling, first_row, out| unsafe {
-        rows_avx2(g, input, weights, ceiling, first_row, out)
-    },
-};
-
-pub static AVX512: DepthwiseKernel = DepthwiseKernel {
-    name: "avx512",
-    // SAFETY: listed only at levels whose CPU has AVX-512F.
-    rows: |g, input, weights, ceiling, first_row, out| unsafe {
-        rows_avx512(g, input, weights, ceiling, first_row, out)
-    },
-};
-
-/// # Safety
-/// AVX2 is present.
-#[target_feature(enable = "avx2")]
-unsafe fn rows_avx2(
-    g: &DepthwiseGeometry,
-    input: &[f32],
-    weights: &DepthwiseWeights,
-    ceiling: f32,
-    first_row: usize,
-    out: &mut [f32],
-) {
-    rows(g, input, weights, ceiling, first_row, out);
+/// The portable loop compiled with `$feature` enabled, as the kernel `$name`.
+macro_rules! compiled_with {
+    ($kernel:ident, $name:literal, $feature:literal) => {
+        pub static $kernel: DepthwiseKernel = DepthwiseKernel {
+            name: $name,
+            rows: |g, input, weights, ceiling, first_row, out| {
+                /// # Safety
+                /// The CPU has the feature.
+                #[target_feature(enable = $feature)]
+                unsafe fn compiled(
+                    g: &DepthwiseGeometry,
+                    input: &[f32],
+                    weights: &DepthwiseWeights,
+                    ceiling: f32,
+                    first_row: usize,
+                    out: &mut [f32],
+                ) {
+                    rows(g, input, weights, ceiling, first_row, out);
+                }
+                // SAFETY: listed only at levels whose CPU has the feature.
+                unsafe { compiled(g, input, weights, ceiling, first_row, out) }
+            },
+        };
+    };
 }
 
-/// # Safety
-/// AVX-512F is present.
-#[target_feature(enable = "avx512f")]
-unsafe fn rows_avx512(
-    g: &DepthwiseGeometry,
-    input: &[f32],
-    weights: &DepthwiseWeights,
-    ceiling: f32,
-    first_row: usize,
-    out: &mut [f32],
-) {
-    rows(g, input, weights, ceiling, first_row, out);
-}
+compiled_with!(AVX2, "avx2", "avx2");
+compiled_with!(AVX512, "avx512", "avx512f");
