@@ -155,8 +155,9 @@ def wait_healthy(process, port, log_path):
     raise Failure(f"not ready within {START_SECONDS} s: {Path(log_path).read_text()}")
 
 
-# Image size goal: the ARM images with the int8 ResNet-50 and CNN, binary included.
-SIZE_LIMIT_MB = {"arm64": 40, "armv7": 40}
+# Image size goal: the ARM images with the int8 ResNet-50 and CNN, binary included (38.5
+# MB), plus EfficientNet-Lite0's f32 file (18.8 MB) until it has an int8 one (about 5 MB).
+SIZE_LIMIT_MB = {"arm64": 60, "armv7": 60}
 INT8_WEIGHTS = ["resnet50-int8.safetensors", "catsdogs-cnn-int8.safetensors"]
 F32_WEIGHTS = ["resnet50.safetensors", "catsdogs-cnn.safetensors"]
 # What each image carries and serves (see WEIGHTS_* in the Makefile for why).
