@@ -17,6 +17,7 @@ pub mod bench;
 pub mod classifier;
 pub mod cli;
 pub mod eval;
+pub mod files;
 pub mod fuzz_targets;
 pub mod kernels;
 pub mod labels;

@@ -87,11 +87,7 @@ pub fn run(manifest: &Manifest, args: QuantizeArgs) -> Result<ExitCode> {
         weights.set_metadata("top1_agreement_with_f32", format!("{share:.4}"));
     }
     let bytes = weights.to_bytes()?;
-    // Written beside the target, then renamed: a reader never sees half a file.
-    let partial = args.out.with_extension("partial");
-    std::fs::write(&partial, &bytes)
-        .and_then(|()| std::fs::rename(&partial, &args.out))
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    crate::files::write(&args.out, &bytes)?;
     let sha256 = crate::weights::sha256_hex(&bytes);
     let f32_size = std::fs::metadata(&spec.weights).map(|m| m.len()).ok();
     let ratio = f32_size.map_or_else(String::new, |size| {

@@ -252,7 +252,7 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
             };
             let record = train::head::train(&task, &options)?;
             let labels_file = beside(&out, "labels.tsv");
-            edit::write_atomically(&labels_file, label_lines(&classes).as_bytes())?;
+            crate::files::write(&labels_file, label_lines(&classes).as_bytes())?;
             let entry = Entry {
                 name: args.model.clone(),
                 description: format!(

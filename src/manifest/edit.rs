@@ -81,7 +81,7 @@ pub fn upsert(path: &Path, entry: &Entry, replace: bool, backbones: &[Backbone])
     let text = document.to_string();
     parse_models(&text, path, backbones)
         .context("the manifest would not be valid after the change; it was left as it was")?;
-    write_atomically(path, text.as_bytes())?;
+    crate::files::write(path, text.as_bytes())?;
     Ok(stale_int8)
 }
 
@@ -150,17 +150,6 @@ fn relative_to(folder: &Path, file: &Path) -> String {
         .unwrap_or(&file)
         .to_string_lossy()
         .into_owned()
-}
-
-/// Writes `bytes` beside `path`, then renames over it: readers see the old file or the
-/// new one, never a part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    std::fs::write(&partial, bytes)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

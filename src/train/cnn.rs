@@ -395,12 +395,8 @@ fn predict_classes(
 }
 
 fn save_weights(varmap: &VarMap, path: &std::path::Path) -> Result<()> {
-    // Written beside, then renamed: an interrupted save never leaves half a file.
-    let partial = path.with_extension("partial.safetensors");
-    varmap
-        .save(&partial)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
+    // An interrupted save never leaves half a file.
+    crate::files::write_with(path, |partial| Ok(varmap.save(partial)?))
 }
 
 fn save_checkpoint(
@@ -421,13 +417,16 @@ fn save_checkpoint(
     {
         tensors.insert(format!("model.{name}"), var.as_tensor().clone());
     }
-    let partial = tensors_path.with_extension("partial");
-    candle_core::safetensors::save(&tensors, &partial)?;
-    std::fs::rename(&partial, tensors_path)?;
-    let partial = json_path.with_extension("partial");
-    std::fs::write(&partial, serde_json::to_string_pretty(progress)?)?;
-    std::fs::rename(&partial, json_path)
-        .with_context(|| format!("cannot write the checkpoint {}", json_path.display()))
+    crate::files::write_with(tensors_path, |partial| {
+        Ok(candle_core::safetensors::save(&tensors, partial)?)
+    })
+    .and_then(|()| {
+        crate::files::write(
+            json_path,
+            serde_json::to_string_pretty(progress)?.as_bytes(),
+        )
+    })
+    .context("cannot write the checkpoint")
 }
 
 fn restore(varmap: &VarMap, adam: &mut Adam, tensors: &HashMap<String, Tensor>) -> Result<()> {

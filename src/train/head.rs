@@ -136,11 +136,9 @@ pub fn train(task: &HeadTask, options: &TrainOptions) -> Result<TrainRecord> {
             }
         })
         .context("no weight decay to try")?;
-    let partial = options.beside("partial.safetensors");
-    candle_core::safetensors::save(&tensors, &partial)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, &options.out)
-        .with_context(|| format!("cannot write {}", options.out.display()))?;
+    crate::files::write_with(&options.out, |partial| {
+        Ok(candle_core::safetensors::save(&tensors, partial)?)
+    })?;
     let test = if test.features.dim(0)? == 0 {
         None
     } else {
@@ -459,8 +457,8 @@ fn write_cache(path: &Path, splits: [&Split; 3]) -> Result<()> {
         tensors.insert(format!("{name}.features"), split.features.clone());
         tensors.insert(format!("{name}.targets"), split.targets.clone());
     }
-    let partial = path.with_extension("partial");
-    candle_core::safetensors::save(&tensors, &partial)?;
-    std::fs::rename(&partial, path)
-        .with_context(|| format!("cannot write the feature cache {}", path.display()))
+    crate::files::write_with(path, |partial| {
+        Ok(candle_core::safetensors::save(&tensors, partial)?)
+    })
+    .context("cannot write the feature cache")
 }
