@@ -12,6 +12,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
+use super::resnet::ChannelFold;
 use crate::kernels::depthwise::same_padding;
 
 pub const BATCH_NORM_EPS: f64 = 1e-3;
@@ -77,7 +78,7 @@ pub struct ConvBn {
     bn: BatchNorm,
     pub kernel: usize,
     pub stride: usize,
-    pub relu6: bool,
+    relu6: bool,
 }
 
 /// A [`ConvBn`]'s shape.
@@ -108,18 +109,14 @@ impl ConvBn {
         })
     }
 
-    /// The convolution's weights (stored order, `[out, in / groups, k, k]`) with the
-    /// BatchNorm folded in, and the bias that remains: `w * gamma / sqrt(var + eps)`,
-    /// `beta - mean * gamma / sqrt(var + eps)`.
-    pub fn folded(&self) -> Result<(Tensor, Tensor)> {
-        let Some((gamma, beta)) = self.bn.weight_and_bias() else {
-            candle_core::bail!("a BatchNorm without weight and bias");
-        };
-        let scale = gamma.div(&(self.bn.running_var() + self.bn.eps())?.sqrt()?)?;
-        let weight = self.conv.weight();
-        let weight = weight.broadcast_mul(&scale.reshape((weight.dim(0)?, 1, 1, 1))?)?;
-        let bias = beta.sub(&scale.mul(self.bn.running_mean())?)?;
-        Ok((weight, bias))
+    /// The convolution, unpadded (`forward` pads "SAME" before it).
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
+    /// The BatchNorm as the convolution absorbs it.
+    pub fn batch_norm_fold(&self) -> Result<ChannelFold> {
+        ChannelFold::of(&self.bn, None)
     }
 }
 

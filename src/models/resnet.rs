@@ -77,6 +77,25 @@ pub struct ChannelFold {
     pub bias: Tensor,
 }
 
+impl ChannelFold {
+    /// The BatchNorm `bn` after a convolution with bias `conv_bias` (none: zero):
+    /// `scale = gamma / sqrt(var + eps)`, `bias = beta + scale * (conv_bias - mean)`.
+    pub fn of(bn: &BatchNorm, conv_bias: Option<&Tensor>) -> Result<Self> {
+        let Some((gamma, beta)) = bn.weight_and_bias() else {
+            candle_core::bail!("a BatchNorm without weight and bias");
+        };
+        let scale = gamma.div(&(bn.running_var() + bn.eps())?.sqrt()?)?;
+        let shifted_bias = match conv_bias {
+            Some(bias) => bias.sub(bn.running_mean())?,
+            None => bn.running_mean().neg()?,
+        };
+        Ok(Self {
+            bias: beta.add(&scale.mul(&shifted_bias)?)?,
+            scale,
+        })
+    }
+}
+
 /// How a network's normalization is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Form {
@@ -166,18 +185,9 @@ impl ConvBn {
         let Some(bn) = &self.bn else {
             return Ok(None);
         };
-        let Some((gamma, beta)) = bn.weight_and_bias() else {
-            candle_core::bail!("{}: a BatchNorm without weight and bias", self.name);
-        };
-        let scale = gamma.div(&(bn.running_var() + bn.eps())?.sqrt()?)?;
-        let shifted_bias = match self.conv.bias() {
-            Some(bias) => bias.sub(bn.running_mean())?,
-            None => bn.running_mean().neg()?,
-        };
-        Ok(Some(ChannelFold {
-            bias: beta.add(&scale.mul(&shifted_bias)?)?,
-            scale,
-        }))
+        ChannelFold::of(bn, self.conv.bias())
+            .map(Some)
+            .map_err(|e| e.context(self.name.clone()))
     }
 
     /// A folded layer's tensors under its convolution's name.

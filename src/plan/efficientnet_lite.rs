@@ -54,22 +54,25 @@ pub struct EfficientNetLitePlan {
 /// A convolution with its BatchNorm folded, as the plan's product (unpadded: the plan
 /// pads "SAME" itself where it must).
 fn product(layer: &ConvBn) -> Result<Conv2d> {
-    let (weight, bias) = layer.folded()?;
-    let config = candle_nn::Conv2dConfig {
-        stride: layer.stride,
-        ..Default::default()
-    };
-    let conv = candle_nn::Conv2d::new(weight, Some(bias), config);
-    Conv2d::from_candle(&conv, None, Precision::F32)
+    Conv2d::from_candle(
+        layer.conv(),
+        Some(&layer.batch_norm_fold()?),
+        Precision::F32,
+    )
 }
 
 fn depthwise_plan(layer: &ConvBn) -> Result<DepthwisePlan> {
-    let (weight, bias) = layer.folded()?;
-    let channels = weight.dim(0)?;
-    let bias = bias.to_vec1::<f32>()?;
-    let weights = with_f32_values(&weight, |stored| {
-        DepthwiseWeights::from_stored(stored, channels, layer.kernel, bias)
+    let fold = layer.batch_norm_fold()?;
+    let scale = fold.scale.to_vec1::<f32>()?;
+    let taps = layer.kernel * layer.kernel;
+    let folded: Vec<f32> = with_f32_values(layer.conv().weight(), |stored| {
+        let filters = stored.chunks_exact(taps).zip(&scale);
+        filters
+            .flat_map(|(filter, s)| filter.iter().map(move |w| w * s))
+            .collect()
     })?;
+    let weights =
+        DepthwiseWeights::from_stored(&folded, scale.len(), layer.kernel, fold.bias.to_vec1()?);
     Ok(DepthwisePlan {
         weights,
         stride: layer.stride,
