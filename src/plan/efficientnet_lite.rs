@@ -2,7 +2,7 @@
 //! convolution as the plan's products (BatchNorm folded, bias and residual in the
 //! accumulator's start, `max(x, 0)` in the stores); the depthwise convolutions by the
 //! depthwise kernel, which completes the ReLU6 of the product before (`min(x, 6)` as it
-//! reads) and applies its own; the head's ReLU6 completed as the pool reads it.
+//! reads) and applies its own; the head's ReLU6 completed before the pool.
 
 use anyhow::{Context, Result};
 
@@ -10,7 +10,7 @@ use super::{
     on_pool_thread, with_f32_values, Arena, Conv2d, Dense, Epilogue, FeatureMap, Precision, Scratch,
 };
 use crate::kernels::depthwise::{self, same_padding, DepthwiseGeometry, DepthwiseWeights};
-use crate::kernels::Threads;
+use crate::kernels::{pool, Threads};
 use crate::models::efficientnet_lite::{ConvBn, EfficientNetLite, MbConv};
 
 /// ReLU6's ceiling.
@@ -178,17 +178,13 @@ impl EfficientNetLitePlan {
                 }
                 self.head
                     .forward(&ws.x, Epilogue::Relu, &mut ws.out, &mut ws.scratch, threads);
-                // The head's ReLU6, completed as the pool reads it.
-                let channels = ws.out.channels;
-                ws.pooled.clear();
-                ws.pooled.resize(channels, 0.0);
-                for pixel in ws.out.data().chunks_exact(channels) {
-                    for (sum, &value) in ws.pooled.iter_mut().zip(pixel) {
-                        *sum += value.min(RELU6);
-                    }
+                // The head's ReLU6 completed (its stores applied max(x, 0)), then the pool.
+                for value in ws.out.data_mut() {
+                    *value = value.min(RELU6);
                 }
-                let scale = 1.0 / (ws.out.height * ws.out.width) as f32;
-                ws.pooled.iter().map(|sum| sum * scale).collect()
+                ws.pooled.resize(ws.out.channels, 0.0);
+                pool::global_average(ws.out.data(), ws.out.channels, &mut ws.pooled);
+                ws.pooled.clone()
             })
         })
     }
