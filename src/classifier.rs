@@ -184,13 +184,11 @@ impl Classifier {
     /// f32 weights at load when the manifest names none).
     pub fn load_with(spec: &ModelSpec, precision: Precision) -> Result<Self> {
         let started = Instant::now();
-        let precision = match (spec.architecture, precision) {
-            (Architecture::EfficientNetLite0, Precision::Int8) => {
-                tracing::warn!(model = %spec.name, "efficientnet-lite0 has no int8 path yet: it runs at f32");
-                Precision::F32
-            }
-            _ => precision,
-        };
+        let asked = precision;
+        let precision = spec.runs_at(asked);
+        if precision != asked {
+            tracing::warn!(model = %spec.name, "efficientnet-lite0 has no int8 path yet: it runs at f32");
+        }
         let load = || -> Result<Self> {
             let labels = Labels::load(&spec.labels)?;
             let network = match spec.architecture {

@@ -104,12 +104,7 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
             spec.name,
             manifest.path.display()
         ),
-        Some(spec)
-            if matches!(
-                spec.architecture,
-                Architecture::Resnet50 | Architecture::EfficientNetLite0
-            ) =>
-        {
+        Some(spec) if spec.architecture.is_backbone() => {
             bail!(
                 "{:?} is a pretrained ImageNet {}; train trains small-cnn and head models",
                 spec.name,
@@ -173,13 +168,11 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
     if args.precision == Precision::Int8 && cnn {
         bail!("--precision int8 is for heads (their backbone's precision); the CNN trains at f32");
     }
-    let backbone_architecture = match &target {
-        Target::Listed(spec) => spec.backbone.as_ref().map(|b| b.architecture),
-        Target::NewHead { backbone } => Some(backbone.architecture),
+    let features_from = match &target {
+        Target::Listed(spec) => spec,
+        Target::NewHead { backbone } => backbone,
     };
-    if args.precision == Precision::Int8
-        && backbone_architecture == Some(Architecture::EfficientNetLite0)
-    {
+    if features_from.runs_at(args.precision) != args.precision {
         bail!("--precision int8: efficientnet-lite0 has no int8 path yet (it runs at f32)");
     }
     if let Target::Listed(spec) = &target {

@@ -123,7 +123,21 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    /// A `resnet50` model's weights, as a head's backbone (or its own) refers to them.
+    /// The precision the model runs at when `asked` is: int8 falls back to f32 where the
+    /// network doing the work (the model's, or a head's backbone) has no int8 path yet
+    /// (EfficientNet-Lite0).
+    pub fn runs_at(&self, asked: Precision) -> Precision {
+        let network = self
+            .backbone
+            .as_ref()
+            .map_or(self.architecture, |b| b.architecture);
+        match (network, asked) {
+            (Architecture::EfficientNetLite0, Precision::Int8) => Precision::F32,
+            _ => asked,
+        }
+    }
+
+    /// A backbone model's weights, as a head's backbone (or its own) refers to them.
     pub fn as_backbone(&self) -> Backbone {
         Backbone {
             name: self.name.clone(),
@@ -605,6 +619,31 @@ std_rgb = [0.229, 0.224, 0.225]
         ] {
             let error = parse_error(&format!("{MINIMAL}{}", head.replace(from, to)));
             assert!(error.contains(expect), "{expect}: {error}");
+        }
+    }
+
+    #[test]
+    fn int8_falls_back_to_f32_on_efficientnet_lite0_and_the_heads_on_it() {
+        let lite = MINIMAL.replace(
+            "architecture = \"resnet50\"\nvariant = \"v1.5\"",
+            "architecture = \"efficientnet-lite0\"",
+        );
+        let head = lite.replace("name = \"tiny\"", "name = \"head\"").replace(
+            "architecture = \"efficientnet-lite0\"",
+            "architecture = \"head\"\nbackbone = \"tiny\"",
+        );
+        for text in [MINIMAL.to_string(), format!("{lite}{head}")] {
+            let manifest = Manifest::parse(&text, Path::new("m.toml")).unwrap();
+            let resnet = manifest.model("tiny").unwrap().architecture == Architecture::Resnet50;
+            for model in &manifest.models {
+                let expected = if resnet {
+                    Precision::Int8
+                } else {
+                    Precision::F32
+                };
+                assert_eq!(model.runs_at(Precision::Int8), expected, "{}", model.name);
+                assert_eq!(model.runs_at(Precision::F32), Precision::F32);
+            }
         }
     }
 
