@@ -213,7 +213,7 @@ impl Classifier {
                     let backbone = spec
                         .backbone
                         .as_ref()
-                        .context("a resnet50-head model without a backbone")?;
+                        .context("a head model without a backbone")?;
                     let backbone = load_backbone(backbone, precision)?;
                     let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
                     // Shapes are checked against the labels: one output per class.

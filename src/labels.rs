@@ -80,6 +80,11 @@ impl Labels {
     pub fn get(&self, index: usize) -> Option<&Label> {
         self.0.get(index)
     }
+
+    /// Every class's name, in output order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(Label::name)
+    }
 }
 
 #[cfg(test)]

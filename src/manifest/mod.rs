@@ -276,11 +276,7 @@ impl Manifest {
 
     /// The models a head can sit on, as heads refer to them.
     pub fn backbones(&self) -> Vec<Backbone> {
-        self.models
-            .iter()
-            .filter(|m| m.architecture.is_backbone())
-            .map(ModelSpec::as_backbone)
-            .collect()
+        backbones_of(&self.models)
     }
 
     /// The precision to run at: the command's choice, else the manifest's, else f32.
@@ -321,7 +317,7 @@ impl Manifest {
 }
 
 /// The precision and models of one manifest's text; heads' backbones are found among
-/// its own `resnet50` models and `backbones` (another manifest's).
+/// its own backbone models and `backbones` (another manifest's).
 pub(crate) fn parse_models(
     text: &str,
     path: &Path,
@@ -352,14 +348,19 @@ pub(crate) fn parse_models(
     Ok((raw.precision, models))
 }
 
-/// Points every head at its backbone's weights; the backbone must be a `resnet50` of
-/// the same manifest or of `others`.
-fn resolve_backbones(models: &mut [ModelSpec], others: &[Backbone]) -> Result<()> {
-    let mut backbones: Vec<Backbone> = models
+/// The models of `models` a head can sit on.
+fn backbones_of(models: &[ModelSpec]) -> Vec<Backbone> {
+    models
         .iter()
         .filter(|m| m.architecture.is_backbone())
         .map(ModelSpec::as_backbone)
-        .collect();
+        .collect()
+}
+
+/// Points every head at its backbone's weights; the backbone must be a `resnet50` or
+/// `efficientnet-lite0` of the same manifest or of `others`.
+fn resolve_backbones(models: &mut [ModelSpec], others: &[Backbone]) -> Result<()> {
+    let mut backbones = backbones_of(models);
     backbones.extend_from_slice(others);
     for model in models.iter_mut() {
         if let Some(backbone) = &mut model.backbone {

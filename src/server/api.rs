@@ -277,9 +277,7 @@ fn list_models(state: &State) -> Answer {
                 architecture: spec.architecture.name(),
                 backbone: spec.backbone.as_ref().map(|b| b.name.as_str()),
                 classes: labels.len(),
-                labels: (0..labels.len())
-                    .filter_map(|i| labels.get(i).map(|l| l.name()))
-                    .collect(),
+                labels: labels.names().collect(),
                 input: Input {
                     size: spec.input.size,
                     resize: spec.input.resize,

@@ -146,11 +146,7 @@ pub fn train(task: &HeadTask, options: &TrainOptions) -> Result<TrainRecord> {
             tensors["head.weight"].clone(),
             Some(tensors["head.bias"].clone()),
         );
-        let predicted = kept
-            .forward(&test.features)?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?;
-        let predicted: Vec<usize> = predicted.into_iter().map(|c| c as usize).collect();
+        let predicted = predicted_classes(&kept.forward(&test.features)?)?;
         Some(TestRecord::score(&predicted, &test.classes()?, classes))
     };
     let chosen = &history[best_epoch - 1];
@@ -337,13 +333,7 @@ fn measure(
     let logits = head.forward(&split.features)?;
     let loss =
         weighted_cross_entropy(&logits, &split.targets, class_weights)?.to_scalar::<f32>()?;
-    let predicted: Vec<usize> = logits
-        .argmax(D::Minus1)?
-        .to_vec1::<u32>()?
-        .into_iter()
-        .map(|c| c as usize)
-        .collect();
-    let score = TestRecord::score(&predicted, &split.classes()?, classes);
+    let score = TestRecord::score(&predicted_classes(&logits)?, &split.classes()?, classes);
     let present: Vec<f64> = score
         .recall
         .iter()
@@ -353,6 +343,12 @@ fn measure(
         .collect();
     let mean_recall = present.iter().sum::<f64>() / present.len().max(1) as f64;
     Ok((f64::from(loss), score.accuracy, mean_recall))
+}
+
+/// The class of each row of `logits`: its largest output.
+fn predicted_classes(logits: &Tensor) -> Result<Vec<usize>> {
+    let classes = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok(classes.into_iter().map(|c| c as usize).collect())
 }
 
 /// What the cached features depend on: the photos, the backbone, its precision and the
@@ -445,7 +441,8 @@ fn read_cache(path: &Path) -> Option<[Split; 3]> {
             targets: tensors.remove(&format!("{split}.targets"))?,
         })
     };
-    Some([take("train")?, take("val")?, take("test")?])
+    let [train, val, test] = SPLIT_NAMES;
+    Some([take(train)?, take(val)?, take(test)?])
 }
 
 fn write_cache(path: &Path, splits: [&Split; 3]) -> Result<()> {

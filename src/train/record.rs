@@ -51,9 +51,7 @@ impl DataRecord {
     pub fn of(folder: &Path, splits: &Splits, labels: &Labels) -> Result<Self> {
         Ok(Self {
             folder: folder.display().to_string(),
-            classes: (0..labels.len())
-                .filter_map(|i| labels.get(i).map(|l| l.name().to_string()))
-                .collect(),
+            classes: labels.names().map(String::from).collect(),
             train_images: splits.train.len(),
             val_images: splits.val.len(),
             test_images: splits.test.len(),
