@@ -189,24 +189,13 @@ impl EfficientNetLitePlan {
         })
     }
 
-    /// What a transfer head reads: the pooled features and the ImageNet classifier's
-    /// log-probabilities ([`super::append_log_probabilities`]).
-    pub fn head_features(
-        &self,
-        chw: &[f32],
-        height: usize,
-        width: usize,
-        threads: Threads,
-    ) -> Vec<f32> {
-        let mut features = self.features(chw, height, width, threads);
-        let logits = self.fc.forward(&features, threads);
-        super::append_log_probabilities(&mut features, &logits);
-        features
+    pub fn feature_dim(&self) -> usize {
+        crate::models::efficientnet_lite::FEATURE_DIM
     }
 
-    /// The length of [`Self::head_features`].
-    pub fn head_feature_dim(&self) -> usize {
-        crate::models::efficientnet_lite::FEATURE_DIM + self.fc.outputs()
+    /// The ImageNet classifier.
+    pub fn classifier(&self) -> &Dense {
+        &self.fc
     }
 
     pub fn release_memory(&self) {

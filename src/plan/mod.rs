@@ -800,7 +800,8 @@ pub enum BackbonePlan {
 }
 
 impl BackbonePlan {
-    /// Pooled features and ImageNet log-probabilities of one planar image.
+    /// What a transfer head reads of one planar image: the pooled features, then the
+    /// ImageNet classifier's log-probabilities ([`append_log_probabilities`]).
     pub fn head_features(
         &self,
         chw: &[f32],
@@ -808,17 +809,30 @@ impl BackbonePlan {
         width: usize,
         threads: Threads,
     ) -> Vec<f32> {
-        match self {
-            Self::ResNet(plan) => plan.head_features(chw, height, width, threads),
-            Self::EfficientNet(plan) => plan.head_features(chw, height, width, threads),
+        let mut features = match self {
+            Self::ResNet(plan) => plan.features(chw, height, width, threads),
+            Self::EfficientNet(plan) => plan.features(chw, height, width, threads),
+        };
+        if let Some(classifier) = self.classifier() {
+            let logits = classifier.forward(&features, threads);
+            append_log_probabilities(&mut features, &logits);
         }
+        features
     }
 
     /// The length of [`Self::head_features`].
     pub fn head_feature_dim(&self) -> usize {
+        let pooled = match self {
+            Self::ResNet(plan) => plan.feature_dim(),
+            Self::EfficientNet(plan) => plan.feature_dim(),
+        };
+        pooled + self.classifier().map_or(0, Dense::outputs)
+    }
+
+    fn classifier(&self) -> Option<&Dense> {
         match self {
-            Self::ResNet(plan) => plan.head_feature_dim(),
-            Self::EfficientNet(plan) => plan.head_feature_dim(),
+            Self::ResNet(plan) => plan.classifier(),
+            Self::EfficientNet(plan) => Some(plan.classifier()),
         }
     }
 

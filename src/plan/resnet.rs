@@ -154,27 +154,9 @@ impl ResNetPlan {
         self.feature_dim
     }
 
-    /// What a transfer head reads of one image: the pooled features, then the ImageNet
-    /// classifier's log-probabilities when the network has one
-    /// ([`super::append_log_probabilities`]).
-    pub fn head_features(
-        &self,
-        chw: &[f32],
-        height: usize,
-        width: usize,
-        threads: Threads,
-    ) -> Vec<f32> {
-        let mut features = self.features(chw, height, width, threads);
-        if let Some(fc) = &self.fc {
-            let logits = fc.forward(&features, threads);
-            super::append_log_probabilities(&mut features, &logits);
-        }
-        features
-    }
-
-    /// The length of [`ResNetPlan::head_features`].
-    pub fn head_feature_dim(&self) -> usize {
-        self.feature_dim + self.fc.as_ref().map_or(0, Dense::outputs)
+    /// The ImageNet classifier, when the network has one.
+    pub fn classifier(&self) -> Option<&Dense> {
+        self.fc.as_ref()
     }
 
     fn run(

@@ -1,7 +1,8 @@
 //! Transfer learning for any set of classes: the frozen backbone's pooled features and
-//! ImageNet log-probabilities of every photo ([`BackbonePlan::head_features`]), extracted once and cached on disk (keyed by the photos' and the
-//! backbone's hashes, its precision and the preprocessing), then a softmax head with
-//! class-balanced loss trained on them in seconds.
+//! ImageNet log-probabilities of every photo ([`BackbonePlan::head_features`]),
+//! extracted once and cached on disk (keyed by the photos' and the backbone's hashes,
+//! its precision and the preprocessing), then a softmax head with class-balanced loss
+//! trained on them in seconds.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
