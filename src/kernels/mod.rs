@@ -11,32 +11,6 @@
 //! packed once, the bias, shortcut and ReLU in the stores) and f32 on ARM (the `gemm`
 //! crate is scalar on armv7 and packs both operands in every call on aarch64).
 
-/// Row tiles: as many rows as the registers hold, then smaller tiles for the rest.
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(unused_macros)
-)]
-macro_rules! for_row_tiles {
-    ($m:expr, $big:literal, |$row:ident, $tile:ident| $body:expr) => {{
-        let mut $row = 0;
-        while $row + $big <= $m {
-            const $tile: usize = $big;
-            $body;
-            $row += $big;
-        }
-        while $row + 4 <= $m {
-            const $tile: usize = 4;
-            $body;
-            $row += 4;
-        }
-        while $row < $m {
-            const $tile: usize = 1;
-            $body;
-            $row += 1;
-        }
-    }};
-}
-
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod aligned;

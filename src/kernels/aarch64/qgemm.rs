@@ -5,7 +5,7 @@
 
 use std::arch::aarch64::*;
 
-use crate::kernels::qgemm::{quad_of, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
+use crate::kernels::qgemm::{for_each_tile, quad_of, Kernel, Product, QMatMul, QTile, QUAD_BYTES};
 
 pub static NEON: Kernel = Kernel {
     name: "neon",
@@ -48,37 +48,22 @@ unsafe fn run_i8mm(p: &QMatMul, c: &mut [f32]) {
 
 #[inline(always)]
 unsafe fn run<const KIND: u8>(p: &QMatMul, c: &mut [f32]) {
-    let (k, n) = (p.b.k, p.b.n);
-    for panels in p.b.panel_blocks() {
-        macro_rules! tiles {
-            ($rows:literal, $tile:ident $(, $dot:literal)?) => {
-                for_row_tiles!(p.m, $rows, |row, TILE| for panel in panels.clone() {
-                    for group in 0..PANEL / GROUP {
-                        let first = panel * PANEL + group * GROUP;
-                        if first >= n {
-                            break;
-                        }
-                        $tile::<TILE $(, $dot)?>(
-                            p,
-                            row,
-                            k,
-                            &p.b.panel(panel)[group * GROUP * 4..],
-                            &mut c[row * n + first..],
-                            n,
-                            &p.scale[first..],
-                            (n - first).min(GROUP),
-                        )
-                    }
-                })
-            };
-        }
-        // `sdot` and `smmla` need two accumulators per row, the widening path four.
-        match KIND {
-            MATMUL => tiles!(8, matmul_tile),
-            DOTPROD => tiles!(8, tile, true),
-            _ => tiles!(4, tile, false),
-        }
-    }
+    // `sdot` and `smmla` need two accumulators per row, the widening path four.
+    let sizes: &[usize] = if KIND == WIDENING {
+        &[4, 1]
+    } else {
+        &[8, 4, 1]
+    };
+    for_each_tile!(p, c, *sizes, GROUP, |rows, t| match (KIND, rows) {
+        (MATMUL, 8) => matmul_tile::<8>(&mut t),
+        (MATMUL, 4) => matmul_tile::<4>(&mut t),
+        (MATMUL, _) => matmul_tile::<1>(&mut t),
+        (DOTPROD, 8) => tile::<8, true>(&mut t),
+        (DOTPROD, 4) => tile::<4, true>(&mut t),
+        (DOTPROD, _) => tile::<1, true>(&mut t),
+        (_, 4) => tile::<4, false>(&mut t),
+        _ => tile::<1, false>(&mut t),
+    });
 }
 
 /// An accumulating int8 instruction stable Rust has no intrinsic for, as a function
@@ -161,20 +146,10 @@ unsafe fn widening_step(acc: &mut [int32x4_t; 4], a: int8x16_t, b0: int8x16_t, b
 /// are added at the end; with it, `sdot` gives whole column sums. Activations are
 /// 0..=127, so as i8 they keep their value.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const MR: usize, const DOT: bool>(
-    p: &QMatMul,
-    row: usize,
-    k: usize,
-    b: &[i8],
-    c: &mut [f32],
-    ldc: usize,
-    scale: &[f32],
-    cols: usize,
-) {
-    let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
+unsafe fn tile<const MR: usize, const DOT: bool>(t: &mut QTile) {
+    let (k, rows): (usize, [&[u8]; MR]) = (t.k(), t.rows());
     let mut acc = [[vdupq_n_s32(0); 4]; MR];
-    let bp = b.as_ptr();
+    let bp = t.b.as_ptr();
     let full_quads = k / 4;
     // Four quads at a time: one 16-byte load per row, its lanes used in turn.
     let mut q = 0;
@@ -219,20 +194,17 @@ unsafe fn tile<const MR: usize, const DOT: bool>(
         } else {
             [vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3])]
         };
-        store_row(sums, p.row_scale[row + r], &mut c[r * ldc..], scale, cols);
+        store_row(sums, t, r);
     }
 }
 
-/// `out[col] += sums[col] * scale[col] * row_scale` for one row of a tile's `cols`
-/// columns, the eight sums in two vectors.
+/// `out[col] += sums[col] * scale[col] * row_scale` for the tile's row `r`, its `cols`
+/// columns' eight sums in two vectors.
 #[inline(always)]
-unsafe fn store_row(
-    sums: [int32x4_t; 2],
-    row_scale: f32,
-    out: &mut [f32],
-    scale: &[f32],
-    cols: usize,
-) {
+unsafe fn store_row(sums: [int32x4_t; 2], t: &mut QTile, r: usize) {
+    let (scale, cols, row_scale) = (t.scale(), t.cols, t.row_scale(r));
+    let ldc = t.ldc();
+    let out = &mut t.c[r * ldc..];
     if cols == GROUP {
         for (half, sum) in sums.iter().enumerate() {
             let s = vmulq_n_f32(vld1q_f32(scale.as_ptr().add(half * 4)), row_scale);
@@ -318,22 +290,13 @@ unsafe fn matmul_step(
 /// itself and the copy dropped) x eight columns, sixteen k a step. Accumulator
 /// `[pair][column pair]` holds a 2 x 2 block.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul_tile<const MR: usize>(
-    p: &QMatMul,
-    row: usize,
-    k: usize,
-    b: &[i8],
-    c: &mut [f32],
-    ldc: usize,
-    scale: &[f32],
-    cols: usize,
-) {
+unsafe fn matmul_tile<const MR: usize>(t: &mut QTile) {
     let pairs = MR.div_ceil(2);
+    let (p, k) = (t.p, t.k());
     let rows: [*const u8; 2 * MAX_PAIRS] =
-        crate::kernels::unrolled(|r| p.a[(row + r.min(MR - 1)) * p.lda..][..k].as_ptr());
+        crate::kernels::unrolled(|r| p.a[(t.row + r.min(MR - 1)) * p.lda..][..k].as_ptr());
     let mut acc = [[vdupq_n_s32(0); 4]; MAX_PAIRS];
-    let (bp, quads) = (b.as_ptr(), k.div_ceil(4));
+    let (bp, quads) = (t.b.as_ptr(), k.div_ceil(4));
     let mut at = 0;
     while at + 16 <= k {
         let [low, high] = row_pairs(&rows, at, pairs);
@@ -379,7 +342,7 @@ unsafe fn matmul_tile<const MR: usize>(
         ];
         // A lone last row's twin is not stored.
         for (r, sums) in (2 * pair..MR).zip(halves) {
-            store_row(sums, p.row_scale[row + r], &mut c[r * ldc..], scale, cols);
+            store_row(sums, t, r);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The x86_64 kernels and the levels of the kernel table they make up, each the one below
 //! with some entries replaced:
 //! - `avx2` (AVX2 + FMA: Haswell and later, Zen 1 and later): our f32 panel kernel with a
-//!   3 x 32 tile (`f32_avx2.rs`), the int8 `vpmaddubsw` tile and the quantization and
+//!   3 x 32 tile (`f32_avx2.rs`), the int8 `vpmaddubsw` 3 x 32 tile (`qgemm_avx2.rs`) and the quantization and
 //!   depthwise loops compiled for AVX2;
 //! - `avx512` (AVX-512 F, BW and VL): our f32 panel kernel (14 x 32 tile, `f32.rs`), the
 //!   quantization, pooling and depthwise loops compiled for AVX-512;
@@ -14,6 +14,7 @@ mod f32_avx2;
 mod f32_avx512;
 pub mod pool;
 pub mod qgemm;
+mod qgemm_avx2;
 pub mod quantize;
 pub mod tile;
 
@@ -26,7 +27,7 @@ use super::table::{Kernels, Level};
 pub const AVX2: Kernels = Kernels {
     level: "avx2",
     f32: &f32::AVX2,
-    int8: &qgemm::AVX2,
+    int8: &qgemm_avx2::AVX2,
     quantize: &quantize::AVX2,
     depthwise: &depthwise::AVX2,
     ..portable::KERNELS

@@ -1,19 +1,15 @@
-//! The int8 products on x86 without AMX: `avx2` (`vpmaddubsw` + `vpmaddwd`; activations
-//! limited to 0..127 so the pairwise i16 sums cannot saturate, 2 x 127 x 127 < 32767) and
-//! `avx512vnni` (`vpdpbusd`, 64 multiply-adds per instruction, full 0..255). Both add the
-//! bias, the shortcut and the ReLU in their stores.
+//! The int8 product on AVX-512 VNNI (`avx512vnni`: `vpdpbusd`, 64 multiply-adds per
+//! instruction, activations 0..255), and the store the x86 int8 tiles share: the bias,
+//! the shortcut and the ReLU in the same pass as the dequantizing `fma`. The AVX2 tile is
+//! `qgemm_avx2.rs`, the AMX one `amx.rs`.
 
 use std::arch::x86_64::*;
 
 use super::tile::{fetch_ahead, TileFinish};
-use crate::kernels::qgemm::{quad_of, Kernel, Product, QMatMul, PANEL, QUAD_BYTES};
-use crate::kernels::Finish;
-
-pub static AVX2: Kernel = Kernel {
-    name: "avx2",
-    max_activation: 127,
-    run: Product::Finishing(|p, c, finish| unsafe { run_avx2(p, c, finish) }),
+use crate::kernels::qgemm::{
+    for_each_tile, quad_of, Kernel, Product, QMatMul, QTile, PANEL, QUAD_BYTES,
 };
+use crate::kernels::Finish;
 
 pub static AVX512_VNNI: Kernel = Kernel {
     name: "avx512vnni",
@@ -23,44 +19,25 @@ pub static AVX512_VNNI: Kernel = Kernel {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn run_vnni(p: &QMatMul, c: &mut [f32], finish: &Finish) {
-    let (k, n) = (p.b.k, p.b.n);
-    for panels in p.b.panel_blocks() {
-        for_row_tiles!(p.m, 12, |row, TILE| for panel in panels.clone() {
-            let col = panel * PANEL;
-            vnni_tile::<TILE>(
-                p,
-                row,
-                k,
-                p.b.panel(panel),
-                &mut c[row * n + col..],
-                n,
-                &p.scale[col..],
-                (n - col).min(PANEL),
-                TileFinish::at(finish, n, row, col),
-            )
-        });
-    }
+    for_each_tile!(p, c, [12, 4, 1], PANEL, |rows, t| {
+        let finish = TileFinish::at(finish, t.ldc(), t.row, t.first);
+        match rows {
+            12 => vnni_tile::<12>(t, finish),
+            4 => vnni_tile::<4>(t, finish),
+            _ => vnni_tile::<1>(t, finish),
+        }
+    });
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn vnni_tile<const MR: usize>(
-    p: &QMatMul,
-    row: usize,
-    k: usize,
-    b: &[i8],
-    c: &mut [f32],
-    ldc: usize,
-    scale: &[f32],
-    cols: usize,
-    finish: TileFinish,
-) {
-    let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
-    finish.prefetch(c.as_ptr(), MR, ldc);
+unsafe fn vnni_tile<const MR: usize>(t: QTile, finish: TileFinish) {
+    let (k, ldc) = (t.k(), t.ldc());
+    let rows: [&[u8]; MR] = t.rows();
+    finish.prefetch(t.c.as_ptr(), MR, ldc);
     let mut acc = [[_mm512_setzero_si512(); 2]; MR];
     let full_quads = k / 4;
-    let bp = b.as_ptr();
+    let bp = t.b.as_ptr();
     // Whole quads straight from the rows, then the ragged last quad zero-padded.
     for q in 0..full_quads {
         fetch_ahead(bp.add(q * QUAD_BYTES) as *const u8, 2);
@@ -83,8 +60,9 @@ unsafe fn vnni_tile<const MR: usize>(
             acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, b1);
         }
     }
+    let scale = t.scale();
     for (r, sums) in acc.iter().enumerate() {
-        store_row(*sums, p.row_scale[row + r], scale, cols, &finish, c, r, ldc);
+        store_row(*sums, t.row_scale(r), scale, t.cols, &finish, t.c, r, ldc);
     }
 }
 
@@ -117,113 +95,5 @@ pub(crate) unsafe fn store_row(
         );
         let add = |start| _mm512_fmadd_ps(_mm512_cvtepi32_ps(*sums), s, start);
         finish.store16(add, c.as_mut_ptr(), r, ldc, first, mask);
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(p: &QMatMul, c: &mut [f32], finish: &Finish) {
-    let (k, n) = (p.b.k, p.b.n);
-    for panels in p.b.panel_blocks() {
-        for_row_tiles!(p.m, 4, |row, TILE| for panel in panels.clone() {
-            for half in 0..2 {
-                let first = panel * PANEL + half * 16;
-                if first >= n {
-                    break;
-                }
-                avx2_tile::<TILE>(
-                    p,
-                    row,
-                    k,
-                    &p.b.panel(panel)[half * 64..],
-                    &mut c[row * n + first..],
-                    n,
-                    &p.scale[first..],
-                    (n - first).min(16),
-                    TileFinish::at(finish, n, row, first),
-                )
-            }
-        });
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn avx2_tile<const MR: usize>(
-    p: &QMatMul,
-    row: usize,
-    k: usize,
-    b: &[i8],
-    c: &mut [f32],
-    ldc: usize,
-    scale: &[f32],
-    cols: usize,
-    finish: TileFinish,
-) {
-    let rows: [&[u8]; MR] = crate::kernels::unrolled(|r| &p.a[(row + r) * p.lda..][..k]);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-    let full_quads = k / 4;
-    let bp = b.as_ptr();
-    let quad_step = |acc: &mut [[__m256i; 2]; MR], q: usize, quads: [i32; MR]| {
-        // This tile reads one half of each quad: one line.
-        fetch_ahead(bp.add(q * QUAD_BYTES) as *const u8, 1);
-        let b0 = _mm256_loadu_si256(bp.add(q * QUAD_BYTES) as *const __m256i);
-        let b1 = _mm256_loadu_si256(bp.add(q * QUAD_BYTES + 32) as *const __m256i);
-        for r in 0..MR {
-            let a = _mm256_set1_epi32(quads[r]);
-            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b0), ones);
-            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b1), ones);
-            acc[r][0] = _mm256_add_epi32(acc[r][0], p0);
-            acc[r][1] = _mm256_add_epi32(acc[r][1], p1);
-        }
-    };
-    for q in 0..full_quads {
-        let quads = crate::kernels::unrolled(|r| {
-            (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
-        });
-        quad_step(&mut acc, q, quads);
-    }
-    if !k.is_multiple_of(4) {
-        quad_step(
-            &mut acc,
-            full_quads,
-            crate::kernels::unrolled(|r| quad_of(rows[r], full_quads)),
-        );
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        let out = &mut c[r * ldc..];
-        if cols == 16 {
-            for (half, acc) in acc.iter().enumerate() {
-                let s = _mm256_mul_ps(
-                    _mm256_loadu_ps(scale.as_ptr().add(half * 8)),
-                    _mm256_set1_ps(p.row_scale[row + r]),
-                );
-                let o = out.as_mut_ptr().add(half * 8);
-                let start = match (finish.bias, finish.shortcut) {
-                    (None, _) => _mm256_loadu_ps(o),
-                    (Some(bias), None) => _mm256_loadu_ps(bias.as_ptr().add(half * 8)),
-                    (Some(bias), Some(shortcut)) => _mm256_add_ps(
-                        _mm256_loadu_ps(bias.as_ptr().add(half * 8)),
-                        _mm256_loadu_ps(shortcut.as_ptr().add(r * ldc + half * 8)),
-                    ),
-                };
-                let mut new = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*acc), s, start);
-                if finish.relu {
-                    // `max(0, x)` keeps a NaN, as the portable ReLU does.
-                    new = _mm256_max_ps(_mm256_setzero_ps(), new);
-                }
-                _mm256_storeu_ps(o, new);
-            }
-        } else {
-            let mut lanes = [0i32; 16];
-            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc[0]);
-            _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut __m256i, acc[1]);
-            for col in 0..cols {
-                let s = scale[col] * p.row_scale[row + r];
-                let start = finish.start_value(r, ldc, col).unwrap_or(out[col]);
-                out[col] = finish.finish_value((lanes[col] as f32).mul_add(s, start));
-            }
-        }
     }
 }

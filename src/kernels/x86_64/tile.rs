@@ -46,16 +46,6 @@ impl<'a> TileFinish<'a> {
         }
     }
 
-    /// The ReLU, if any, on one value.
-    #[inline(always)]
-    pub fn finish_value(&self, value: f32) -> f32 {
-        if self.relu {
-            crate::kernels::pool::larger(value, 0.0)
-        } else {
-            value
-        }
-    }
-
     /// Fetches two 64-byte lines of each of the tile's `rows` output rows (and shortcut
     /// rows), `ldc` apart, while the sums run: the stores would otherwise wait for them at
     /// the end. (Wrapping arithmetic: the second line may lie past the last row's end,
@@ -178,16 +168,5 @@ impl<'a> TileFinish<'a> {
             ),
         };
         _mm256_maskstore_ps(out, mask, relu(add(start)));
-    }
-
-    /// The start of the tile's row `r`, column `col` (rows `ldc` apart): the bias plus
-    /// the shortcut, or `None` to add onto the output.
-    #[inline(always)]
-    pub fn start_value(&self, r: usize, ldc: usize, col: usize) -> Option<f32> {
-        let bias = self.bias?[col];
-        Some(match self.shortcut {
-            Some(shortcut) => bias + shortcut[r * ldc + col],
-            None => bias,
-        })
     }
 }
