@@ -25,6 +25,7 @@ pub mod portable;
 pub mod qgemm;
 pub mod quantize;
 pub mod table;
+pub mod winograd;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 

@@ -15,6 +15,7 @@ use crate::kernels::aligned::AlignedVec;
 use crate::kernels::f32_weights::{self, F32Weights, TILE_ROWS};
 use crate::kernels::im2col::Window;
 use crate::kernels::qgemm::{PackedWeights, QMatMul};
+use crate::kernels::winograd::{self, Tiling};
 
 use crate::kernels::{self, for_each_band, quantize, Finish, Start, Threads};
 use crate::models::resnet::ChannelFold;
@@ -161,6 +162,46 @@ enum ConvWeights {
         packed: PackedWeights,
         scales: Vec<f32>,
     },
+    /// A 3 x 3 stride-1 layer's kernels at the points of one of Winograd's algorithms:
+    /// one `in x out` matrix per point ([`winograd`]).
+    Winograd {
+        tiling: Tiling,
+        points: Vec<F32Weights>,
+    },
+}
+
+/// Transformed kernels of at most this size run F(4 x 4, 3 x 3) (four times the direct
+/// kernels' values), larger ones F(2 x 2, 3 x 3) (16 / 9 of them) up to
+/// [`WINOGRAD_MAX_BYTES`], larger still the direct convolution. On ResNet-50 the 3 x 3
+/// layers of 56 and 28 pixels run F(4 x 4) (0.6 and 2.4 MB), those of 14 pixels F(2 x 2)
+/// (4.2 MB; F(4 x 4) would hold 9.4 MB each and on a 14 x 14 map, 16 x 16 pixels of tiles,
+/// save little more), and those of 7 pixels stay direct (F(2 x 2) would hold 16.8 MB each
+/// for 1.7 times fewer multiply-adds): f32 ResNet-50 holds 19 MB more than with none, not
+/// 51 MB (F(4 x 4) up to 14 pixels) or 100 MB.
+const WINOGRAD_F4_MAX_BYTES: usize = 4 << 20;
+const WINOGRAD_MAX_BYTES: usize = 16 << 20;
+
+/// `EDGE_WINOGRAD=off` lays every layer out for the direct convolution (to compare the two
+/// in one build).
+const WINOGRAD_SWITCH: &str = "EDGE_WINOGRAD";
+
+/// Whether f32 layers may run as Winograd's ([`WINOGRAD_SWITCH`]).
+fn winograd_allowed() -> bool {
+    std::env::var(WINOGRAD_SWITCH).map_or(true, |value| value != "off")
+}
+
+/// Which of Winograd's algorithms a layer of this geometry runs at f32, if any.
+fn winograd_tiling(layer: &Conv2d) -> Option<Tiling> {
+    if (layer.kernel, layer.stride, layer.padding) != (3, 1, 1) {
+        return None;
+    }
+    let bytes = |tiling: Tiling| layer.in_channels * layer.out_channels * tiling.points() * 4;
+    [Tiling::F4, Tiling::F2]
+        .into_iter()
+        .find(|&tiling| match tiling {
+            Tiling::F4 => bytes(tiling) <= WINOGRAD_F4_MAX_BYTES,
+            Tiling::F2 => bytes(tiling) <= WINOGRAD_MAX_BYTES,
+        })
 }
 
 /// Scratch buffers of a convolution, reused between calls.
@@ -170,6 +211,8 @@ pub struct Scratch {
     lowered_quantized: AlignedVec<u8>,
     row_scales: AlignedVec<f32>,
     pixel_max: AlignedVec<f32>,
+    /// Winograd's point products, the transformed inputs being in `lowered`.
+    products: AlignedVec<f32>,
 }
 
 /// A convolution (BatchNorm folded in) ready to run as one matrix product.
@@ -243,6 +286,16 @@ impl Conv2d {
         fold: Option<&ChannelFold>,
         precision: Precision,
     ) -> Result<Self> {
+        Self::lay_out(conv, fold, precision, winograd_allowed())
+    }
+
+    /// [`Self::from_candle`], Winograd's layout allowed for the layers it fits or not.
+    fn lay_out(
+        conv: &candle_nn::Conv2d,
+        fold: Option<&ChannelFold>,
+        precision: Precision,
+        winograd: bool,
+    ) -> Result<Self> {
         let mut layer = Self::geometry(conv)?;
         let scale = match fold {
             Some(fold) => {
@@ -284,8 +337,26 @@ impl Conv2d {
                 ..int8
             });
         }
-        // A loop, not candle's permute: its strided copy was a sixth of the f32 start-up.
         let (in_channels, out_channels) = (layer.in_channels, layer.out_channels);
+        if let Some(tiling) = winograd_tiling(&layer).filter(|_| winograd) {
+            let mut points: Vec<_> = (0..tiling.points())
+                .map(|_| F32Weights::zeros(in_channels, out_channels, kernels::table().f32))
+                .collect();
+            with_f32_values(weight, |stored| {
+                for (pair, g) in stored.chunks_exact(9).enumerate() {
+                    let (out, input) = (pair / in_channels, pair % in_channels);
+                    let g: [f32; 9] = std::array::from_fn(|tap| folded(out, g[tap]));
+                    for (point, value) in tiling.transform_kernel(&g).into_iter().enumerate() {
+                        points[point].set(input, out, value);
+                    }
+                }
+            })?;
+            return Ok(Self {
+                weights: ConvWeights::Winograd { tiling, points },
+                ..layer
+            });
+        }
+        // A loop, not candle's permute: its strided copy was a sixth of the f32 start-up.
         let rows = weight.elem_count() / out_channels;
         let mut weights = F32Weights::zeros(rows, out_channels, kernels::table().f32);
         with_f32_values(weight, |stored| {
@@ -525,6 +596,53 @@ impl Conv2d {
                     rows_per_lowering,
                 );
                 run_bands(output.data_mut(), rows_per_band, n, lowered, band);
+            }
+            ConvWeights::Winograd { tiling, points } => {
+                let map = winograd::Map {
+                    data: input.data,
+                    height: input.height,
+                    width: input.width,
+                    channels: input.channels,
+                };
+                let (height, width, inputs) = (map.height, map.width, map.channels);
+                let (tiles_y, tiles_x) = tiling.tiles(height, width);
+                let tile_rows_per_band = tiles_y.div_ceil(threads.get().min(tiles_y).max(1));
+                let bands = tiles_y.div_ceil(tile_rows_per_band);
+                let tiles_per_band = tile_rows_per_band * tiles_x;
+                let v_len = points.len() * tiles_per_band * inputs;
+                let m_len = points.len() * tiles_per_band * n;
+                let buffers: Vec<_> = scratch
+                    .lowered
+                    .prefix(bands * v_len)
+                    .chunks_mut(v_len)
+                    .zip(scratch.products.prefix(bands * m_len).chunks_mut(m_len))
+                    .collect();
+                // The products start at zero: the bias comes with the output transform.
+                let zeros = vec![0.0; n];
+                let start_at_zero = Finish::from_bias(&zeros, false);
+                let rows_per_band = tile_rows_per_band * tiling.tile() * width;
+                let band = |first_pixel: usize,
+                            out: &mut [f32],
+                            (v, m): (&mut [f32], &mut [f32])| {
+                    let first = first_pixel / (tiling.tile() * width);
+                    let tile_rows = first..(first + tile_rows_per_band).min(tiles_y);
+                    let tiles = tile_rows.len() * tiles_x;
+                    let v = &mut v[..points.len() * tiles * inputs];
+                    let m = &mut m[..points.len() * tiles * n];
+                    tiling.transform_input(map, tile_rows.clone(), v);
+                    let point_inputs = v.chunks_exact(tiles * inputs);
+                    let point_products = m.chunks_exact_mut(tiles * n);
+                    for ((weights, v), m) in points.iter().zip(point_inputs).zip(point_products) {
+                        weights.run(tiles, v, inputs, m, &start_at_zero);
+                    }
+                    let finish = winograd::OutputFinish {
+                        bias: &self.bias,
+                        shortcut: shortcut.map(|s| &s[first_pixel * n..][..out.len()]),
+                        relu,
+                    };
+                    tiling.transform_output(m, tile_rows, (height, width, n), &finish, out);
+                };
+                run_bands(output.data_mut(), rows_per_band, n, buffers, band);
             }
             ConvWeights::Int8 { packed, scales } => {
                 // Dynamic per-row quantization: each lowered row (one output pixel's
@@ -925,22 +1043,6 @@ mod tests {
         let (_, _, out_h, out_w) = expected.dims4().unwrap();
         let shortcut = rng.vec(out_h * out_w * cout);
 
-        let planned = Conv2d::from_candle(&candle_conv, None, Precision::F32).unwrap();
-        let mut x = FeatureMap::default();
-        x.load_chw(
-            &input.flatten_all().unwrap().to_vec1().unwrap(),
-            (cin, h, w),
-            Threads::ONE,
-        );
-        let (mut out, mut scratch) = (FeatureMap::default(), Scratch::default());
-        planned.forward(
-            &x,
-            Epilogue::AddRelu(&shortcut),
-            &mut out,
-            &mut scratch,
-            threads,
-        );
-
         let expected = expected
             .permute((0, 2, 3, 1))
             .unwrap()
@@ -948,14 +1050,35 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        assert_eq!((out.height, out.width, out.channels), (out_h, out_w, cout));
-        for (i, (ours, theirs)) in out.data().iter().zip(&expected).enumerate() {
-            let theirs = (theirs + shortcut[i]).max(0.0);
-            let tolerance = 1e-4 * (1.0 + theirs.abs());
-            assert!(
-                (ours - theirs).abs() < tolerance,
-                "case {case}, element {i}"
+        let mut x = FeatureMap::default();
+        x.load_chw(
+            &input.flatten_all().unwrap().to_vec1().unwrap(),
+            (cin, h, w),
+            Threads::ONE,
+        );
+        // Both layouts of the layers Winograd's fits: the direct one and Winograd's.
+        for winograd in [false, true] {
+            let planned = Conv2d::lay_out(&candle_conv, None, Precision::F32, winograd).unwrap();
+            let is_winograd = matches!(planned.weights, ConvWeights::Winograd { .. });
+            let fits = winograd_tiling(&planned).is_some();
+            assert_eq!(is_winograd, winograd && fits, "case {case}");
+            let (mut out, mut scratch) = (FeatureMap::default(), Scratch::default());
+            planned.forward(
+                &x,
+                Epilogue::AddRelu(&shortcut),
+                &mut out,
+                &mut scratch,
+                threads,
             );
+            assert_eq!((out.height, out.width, out.channels), (out_h, out_w, cout));
+            for (i, (ours, theirs)) in out.data().iter().zip(&expected).enumerate() {
+                let theirs = (theirs + shortcut[i]).max(0.0);
+                let tolerance = 1e-4 * (1.0 + theirs.abs());
+                assert!(
+                    (ours - theirs).abs() < tolerance,
+                    "case {case} (winograd {is_winograd}), element {i}"
+                );
+            }
         }
     }
 
