@@ -181,13 +181,20 @@ enum ConvWeights {
 const WINOGRAD_F4_MAX_BYTES: usize = 4 << 20;
 const WINOGRAD_MAX_BYTES: usize = 16 << 20;
 
-/// `EDGE_WINOGRAD=off` lays every layer out for the direct convolution (to compare the two
-/// in one build).
+/// `EDGE_WINOGRAD=off` lays every layer out for the direct convolution, `on` for Winograd's
+/// wherever it fits (to compare the two in one build).
 const WINOGRAD_SWITCH: &str = "EDGE_WINOGRAD";
 
-/// Whether f32 layers may run as Winograd's ([`WINOGRAD_SWITCH`]).
+/// Whether f32 layers run as Winograd's where it fits: by default everywhere but on the
+/// AVX-512 f32 kernel, where ResNet-50 measured no faster on one thread and up to 25 %
+/// slower on two (Xeon, 2026-12-07: the point products have a band's tiles as their rows,
+/// 16 to 49, short for its 14-row tile, and the transforms run at the baseline's SSE2).
 fn winograd_allowed() -> bool {
-    std::env::var(WINOGRAD_SWITCH).map_or(true, |value| value != "off")
+    match std::env::var(WINOGRAD_SWITCH).as_deref() {
+        Ok("off") => false,
+        Ok("on") => true,
+        _ => kernels::table().f32.name != "avx512",
+    }
 }
 
 /// Which of Winograd's algorithms a layer of this geometry runs at f32, if any.
