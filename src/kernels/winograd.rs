@@ -266,9 +266,13 @@ fn transform_input<L: Lines>(map: Map, tile_rows: Range<usize>, v: &mut [f32]) {
                     }
                     values
                 };
-                // Bᵀ d down the columns, then Bᵀ along the rows of that (· B).
+                // Bᵀ d down the window's columns (F(2 x 2) has four of the six), then Bᵀ
+                // along the rows of that (· B).
                 let columns: [[Lanes; MAX_WINDOW]; MAX_WINDOW] =
-                    std::array::from_fn(|j| L::input(std::array::from_fn(|i| load(at[i][j]))));
+                    std::array::from_fn(|j| match j < window {
+                        true => L::input(std::array::from_fn(|i| load(at[i][j]))),
+                        false => Default::default(),
+                    });
                 for i in 0..window {
                     let row = L::input(std::array::from_fn(|j| columns[j][i]));
                     for (j, value) in row[..window].iter().enumerate() {
@@ -315,12 +319,13 @@ fn transform_output<L: Lines>(
                         .copy_from_slice(&m[(point * count + t) * channels + c..][..lanes]);
                     values
                 };
-                // Aᵀ m down the columns, then Aᵀ along the rows of that (· A).
-                let columns: [[Lanes; 4]; MAX_WINDOW] = std::array::from_fn(|j| {
-                    L::output(std::array::from_fn(|i| match i < window && j < window {
+                // Aᵀ m down the window's columns, then Aᵀ along the rows of that (· A).
+                let columns: [[Lanes; 4]; MAX_WINDOW] = std::array::from_fn(|j| match j < window {
+                    true => L::output(std::array::from_fn(|i| match i < window {
                         true => load(i * window + j),
                         false => Lanes::default(),
-                    }))
+                    })),
+                    false => Default::default(),
                 });
                 let bias = &finish.bias[c..][..lanes];
                 for i in 0..tile {

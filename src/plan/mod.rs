@@ -202,13 +202,14 @@ fn winograd_tiling(layer: &Conv2d) -> Option<Tiling> {
     if (layer.kernel, layer.stride, layer.padding) != (3, 1, 1) {
         return None;
     }
-    let bytes = |tiling: Tiling| layer.in_channels * layer.out_channels * tiling.points() * 4;
-    [Tiling::F4, Tiling::F2]
-        .into_iter()
-        .find(|&tiling| match tiling {
-            Tiling::F4 => bytes(tiling) <= WINOGRAD_F4_MAX_BYTES,
-            Tiling::F2 => bytes(tiling) <= WINOGRAD_MAX_BYTES,
-        })
+    let bytes = |tiling: Tiling| {
+        layer.in_channels * layer.out_channels * tiling.points() * size_of::<f32>()
+    };
+    if bytes(Tiling::F4) <= WINOGRAD_F4_MAX_BYTES {
+        Some(Tiling::F4)
+    } else {
+        (bytes(Tiling::F2) <= WINOGRAD_MAX_BYTES).then_some(Tiling::F2)
+    }
 }
 
 /// Scratch buffers of a convolution, reused between calls.

@@ -14,7 +14,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::tile::{TileFinish, FETCH_AHEAD_BYTES};
+use super::tile::{first_lanes, TileFinish, FETCH_AHEAD_BYTES};
 use crate::kernels::qgemm::{for_each_tile, quad_of, Kernel, Product, QMatMul, QTile};
 use crate::kernels::qgemm::{PANEL, QUAD_BYTES};
 use crate::kernels::{unrolled, Finish};
@@ -245,9 +245,5 @@ unsafe fn load8(at: *const f32, lanes: usize) -> __m256 {
     if lanes >= 8 {
         return _mm256_loadu_ps(at);
     }
-    let mask = _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(lanes as i32),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    );
-    _mm256_maskload_ps(at, mask)
+    _mm256_maskload_ps(at, first_lanes(lanes))
 }

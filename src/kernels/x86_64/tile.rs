@@ -155,10 +155,7 @@ impl<'a> TileFinish<'a> {
             };
             return _mm256_storeu_ps(out, relu(add(start)));
         }
-        let mask = _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(lanes as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        );
+        let mask = first_lanes(lanes);
         let start = match (self.bias, self.shortcut) {
             (None, _) => _mm256_maskload_ps(out, mask),
             (Some(bias), None) => _mm256_maskload_ps(bias.as_ptr().add(first), mask),
@@ -169,4 +166,18 @@ impl<'a> TileFinish<'a> {
         };
         _mm256_maskstore_ps(out, mask, relu(add(start)));
     }
+}
+
+/// The mask of the first `lanes` (< 8) of eight, for AVX2's masked loads and stores.
+///
+/// # Safety
+/// AVX2 is present.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub unsafe fn first_lanes(lanes: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(lanes as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
 }
