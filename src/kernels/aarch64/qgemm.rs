@@ -1,7 +1,9 @@
 //! The int8 products on aarch64: `neon` (every aarch64 CPU: Pi 3, Pi 4; `smull` +
 //! `sadalp`), `neon-dotprod` (Armv8.2 `sdot`: Pi 5's Cortex-A76) and `neon-i8mm` (Armv8.6
 //! `smmla`: Neoverse V1/N2, Graviton 3/4). Activations 0..127 on all three, so they
-//! multiply as i8 and every NEON kernel gives the same sums.
+//! multiply as i8 and every NEON kernel gives the same sums. The main tiles of `neon`
+//! and `neon-dotprod` are assembly (from intrinsics their accumulators were spilled to
+//! the stack every step); the edge tiles and `smmla` are intrinsics.
 
 use std::arch::aarch64::*;
 
@@ -58,10 +60,10 @@ unsafe fn run<const KIND: u8>(p: &QMatMul, c: &mut [f32]) {
         (MATMUL, 8) => matmul_tile::<8>(&mut t),
         (MATMUL, 4) => matmul_tile::<4>(&mut t),
         (MATMUL, _) => matmul_tile::<1>(&mut t),
-        (DOTPROD, 8) => tile::<8, true>(&mut t),
+        (DOTPROD, 8) => dotprod_tile_8(&mut t),
         (DOTPROD, 4) => tile::<4, true>(&mut t),
         (DOTPROD, _) => tile::<1, true>(&mut t),
-        (_, 4) => tile::<4, false>(&mut t),
+        (_, 4) => widening_tile_4(&mut t),
         _ => tile::<1, false>(&mut t),
     });
 }
@@ -177,16 +179,7 @@ unsafe fn tile<const MR: usize, const DOT: bool>(t: &mut QTile) {
         lane!(3);
         q += 4;
     }
-    for q in q..full_quads {
-        let quads = crate::kernels::unrolled(|r| {
-            (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
-        });
-        quad_step::<MR, DOT>(&mut acc, bp.add(q * QUAD_BYTES), quads);
-    }
-    if !k.is_multiple_of(4) {
-        let quads = crate::kernels::unrolled(|r| quad_of(rows[r], full_quads));
-        quad_step::<MR, DOT>(&mut acc, bp.add(full_quads * QUAD_BYTES), quads);
-    }
+    rest_quads::<MR, DOT>(&mut acc, &rows, bp, q);
     for (r, acc) in acc.iter().enumerate() {
         // Column sums 0..4 and 4..8.
         let sums = if DOT {
@@ -195,6 +188,222 @@ unsafe fn tile<const MR: usize, const DOT: bool>(t: &mut QTile) {
             [vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3])]
         };
         store_row(sums, t, r);
+    }
+}
+
+/// `asm!` of a tile whose sixteen accumulators are v16..v31: zeroed first, then
+/// `$body`, then written to the array `$s`; `$operands` are the rest.
+macro_rules! accumulating_asm {
+    ($s:ident, [$($body:expr),* $(,)?], $($operands:tt)*) => {
+        std::arch::asm!(
+            "movi v16.4s, #0", "movi v17.4s, #0", "movi v18.4s, #0", "movi v19.4s, #0",
+            "movi v20.4s, #0", "movi v21.4s, #0", "movi v22.4s, #0", "movi v23.4s, #0",
+            "movi v24.4s, #0", "movi v25.4s, #0", "movi v26.4s, #0", "movi v27.4s, #0",
+            "movi v28.4s, #0", "movi v29.4s, #0", "movi v30.4s, #0", "movi v31.4s, #0",
+            $($body),*,
+            $($operands)*
+            out("v16") $s[0], out("v17") $s[1], out("v18") $s[2], out("v19") $s[3],
+            out("v20") $s[4], out("v21") $s[5], out("v22") $s[6], out("v23") $s[7],
+            out("v24") $s[8], out("v25") $s[9], out("v26") $s[10], out("v27") $s[11],
+            out("v28") $s[12], out("v29") $s[13], out("v30") $s[14], out("v31") $s[15],
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// The k-quads from `from` on (the ragged last one zero-padded), for what a tile's
+/// unrolled steps leave over.
+#[inline(always)]
+unsafe fn rest_quads<const MR: usize, const DOT: bool>(
+    acc: &mut [[int32x4_t; 4]; MR],
+    rows: &[&[u8]; MR],
+    bp: *const i8,
+    from: usize,
+) {
+    let k = rows[0].len();
+    let full_quads = k / 4;
+    for q in from..full_quads {
+        let quads = crate::kernels::unrolled(|r| {
+            (rows[r].as_ptr().add(q * 4) as *const i32).read_unaligned()
+        });
+        quad_step::<MR, DOT>(acc, bp.add(q * QUAD_BYTES), quads);
+    }
+    if !k.is_multiple_of(4) {
+        let quads = crate::kernels::unrolled(|r| quad_of(rows[r], full_quads));
+        quad_step::<MR, DOT>(acc, bp.add(full_quads * QUAD_BYTES), quads);
+    }
+}
+
+/// Rows of [`dotprod_tile_8`].
+const DOTPROD_ROWS: usize = 8;
+
+/// One k-quad (`$lane` of the rows' loaded four) of [`dotprod_tile_8`]: the quad's eight
+/// columns from `[{b} + $offset]` into `$b0`, `$b1`, then `sdot` by element for each of
+/// the eight rows (v0..v7) into its two accumulators.
+#[rustfmt::skip] // one instruction a line
+macro_rules! dotprod_quad {
+    ($lane:literal, $offset:literal, $b0:literal, $b1:literal) => {
+        concat!(
+            "ldp q", $b0, ", q", $b1, ", [{b}, #", $offset, "]\n",
+            dotprod_row!($lane, "0", $b0, $b1, "16", "17"),
+            dotprod_row!($lane, "1", $b0, $b1, "18", "19"),
+            dotprod_row!($lane, "2", $b0, $b1, "20", "21"),
+            dotprod_row!($lane, "3", $b0, $b1, "22", "23"),
+            dotprod_row!($lane, "4", $b0, $b1, "24", "25"),
+            dotprod_row!($lane, "5", $b0, $b1, "26", "27"),
+            dotprod_row!($lane, "6", $b0, $b1, "28", "29"),
+            dotprod_row!($lane, "7", $b0, $b1, "30", "31"),
+        )
+    };
+}
+
+#[rustfmt::skip] // one instruction a line
+macro_rules! dotprod_row {
+    ($lane:literal, $a:literal, $b0:literal, $b1:literal, $s0:literal, $s1:literal) => {
+        concat!(
+            "sdot v", $s0, ".4s, v", $b0, ".16b, v", $a, ".4b[", $lane, "]\n",
+            "sdot v", $s1, ".4s, v", $b1, ".16b, v", $a, ".4b[", $lane, "]\n",
+        )
+    };
+}
+
+/// The 8-row tile of the `sdot` path (Pi 5's Cortex-A76) in assembly: compiled from
+/// intrinsics, every accumulator went back to the stack after each `sdot` (a store per
+/// product). Four k-quads a step: one 16-byte load per row, then per quad one load of the
+/// eight columns and 16 `sdot`s: 78 instructions for 1,024 multiply-adds.
+#[inline(always)]
+unsafe fn dotprod_tile_8(t: &mut QTile) {
+    let k = t.k();
+    let rows: [&[u8]; DOTPROD_ROWS] = t.rows();
+    let full_quads = k / 4;
+    let steps = full_quads / 4;
+    let bp = t.b.as_ptr();
+    let mut s = [vdupq_n_s32(0); 2 * DOTPROD_ROWS];
+    if steps > 0 {
+        accumulating_asm!(
+            s,
+            [
+                "2:",
+                "ldr q0, [{r0}], #16", "ldr q1, [{r1}], #16",
+                "ldr q2, [{r2}], #16", "ldr q3, [{r3}], #16",
+                "ldr q4, [{r4}], #16", "ldr q5, [{r5}], #16",
+                "ldr q6, [{r6}], #16", "ldr q7, [{r7}], #16",
+                dotprod_quad!("0", "0", "8", "9"),
+                dotprod_quad!("1", "128", "10", "11"),
+                dotprod_quad!("2", "256", "8", "9"),
+                dotprod_quad!("3", "384", "10", "11"),
+                "add {b}, {b}, #512",
+                "subs {steps}, {steps}, #1",
+                "b.ne 2b",
+            ],
+            r0 = inout(reg) rows[0].as_ptr() => _,
+            r1 = inout(reg) rows[1].as_ptr() => _,
+            r2 = inout(reg) rows[2].as_ptr() => _,
+            r3 = inout(reg) rows[3].as_ptr() => _,
+            r4 = inout(reg) rows[4].as_ptr() => _,
+            r5 = inout(reg) rows[5].as_ptr() => _,
+            r6 = inout(reg) rows[6].as_ptr() => _,
+            r7 = inout(reg) rows[7].as_ptr() => _,
+            b = inout(reg) bp => _,
+            steps = inout(reg) steps => _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+        );
+    }
+    // Four accumulators a row as the intrinsic steps take them; `sdot` fills two.
+    let mut acc: [[int32x4_t; 4]; DOTPROD_ROWS] =
+        crate::kernels::unrolled(|r| [s[2 * r], s[2 * r + 1], vdupq_n_s32(0), vdupq_n_s32(0)]);
+    // The last quads (fewer than four) and the ragged k from intrinsics.
+    rest_quads::<DOTPROD_ROWS, true>(&mut acc, &rows, bp, 4 * steps);
+    for (r, acc) in acc.iter().enumerate() {
+        store_row([acc[0], acc[1]], t, r);
+    }
+}
+
+/// Rows of [`widening_tile_4`].
+const WIDENING_ROWS: usize = 4;
+
+/// One k-quad pair of one row of [`widening_tile_4`]: the row's two quads broadcast
+/// (`ld1r`, the row pointer stepping on), `smull` of the first against the quad's eight
+/// columns (v0, v1) and `smlal` of the second (v2, v3) into four 16-bit temporaries, one
+/// `sadalp` each into the row's accumulators.
+#[rustfmt::skip] // one instruction a line
+macro_rules! widening_row_pair {
+    ($row:literal, [$a0:literal, $a1:literal], [$t0:literal, $t1:literal, $t2:literal, $t3:literal], [$s0:literal, $s1:literal, $s2:literal, $s3:literal]) => {
+        concat!(
+            "ld1r {{v", $a0, ".4s}}, [", $row, "], #4\n",
+            "ld1r {{v", $a1, ".4s}}, [", $row, "], #4\n",
+            "smull v", $t0, ".8h, v", $a0, ".8b, v0.8b\n",
+            "smull2 v", $t1, ".8h, v", $a0, ".16b, v0.16b\n",
+            "smull v", $t2, ".8h, v", $a0, ".8b, v1.8b\n",
+            "smull2 v", $t3, ".8h, v", $a0, ".16b, v1.16b\n",
+            "smlal v", $t0, ".8h, v", $a1, ".8b, v2.8b\n",
+            "smlal2 v", $t1, ".8h, v", $a1, ".16b, v2.16b\n",
+            "smlal v", $t2, ".8h, v", $a1, ".8b, v3.8b\n",
+            "smlal2 v", $t3, ".8h, v", $a1, ".16b, v3.16b\n",
+            "sadalp v", $s0, ".4s, v", $t0, ".8h\n",
+            "sadalp v", $s1, ".4s, v", $t1, ".8h\n",
+            "sadalp v", $s2, ".4s, v", $t2, ".8h\n",
+            "sadalp v", $s3, ".4s, v", $t3, ".8h\n",
+        )
+    };
+}
+
+/// The 4-row tile of the widening path (every aarch64 CPU without `sdot`: Pi 3 and 4),
+/// in assembly: compiled from intrinsics, its 16 accumulators and their temporaries did
+/// not fit the 32 registers and went to the stack every step. Two k-quads a step:
+/// `smull` of the first and `smlal` of the second into the same 16-bit lanes, then one
+/// `sadalp`, so the widening add is paid once per eight k: 56 products for 256
+/// multiply-adds. Two products fit an i16: activations 0..=127 times weights
+/// -127..=127 are at most 16,129 in magnitude.
+#[inline(always)]
+unsafe fn widening_tile_4(t: &mut QTile) {
+    let k = t.k();
+    let rows: [&[u8]; WIDENING_ROWS] = t.rows();
+    let full_quads = k / 4;
+    let pairs = full_quads / 2;
+    let bp = t.b.as_ptr();
+    let mut s = [vdupq_n_s32(0); 4 * WIDENING_ROWS];
+    if pairs > 0 {
+        accumulating_asm!(
+            s,
+            [
+                "2:",
+                "ldp q0, q1, [{b}]",
+                "ldp q2, q3, [{b}, #{quad}]",
+                "add {b}, {b}, #{pair}",
+                widening_row_pair!("{r0}", ["4", "5"], ["12", "13", "14", "15"], ["16", "17", "18", "19"]),
+                widening_row_pair!("{r1}", ["6", "7"], ["8", "9", "10", "11"], ["20", "21", "22", "23"]),
+                widening_row_pair!("{r2}", ["4", "5"], ["12", "13", "14", "15"], ["24", "25", "26", "27"]),
+                widening_row_pair!("{r3}", ["6", "7"], ["8", "9", "10", "11"], ["28", "29", "30", "31"]),
+                "subs {pairs}, {pairs}, #1",
+                "b.ne 2b",
+            ],
+            r0 = inout(reg) rows[0].as_ptr() => _,
+            r1 = inout(reg) rows[1].as_ptr() => _,
+            r2 = inout(reg) rows[2].as_ptr() => _,
+            r3 = inout(reg) rows[3].as_ptr() => _,
+            b = inout(reg) bp => _,
+            pairs = inout(reg) pairs => _,
+            quad = const QUAD_BYTES,
+            pair = const 2 * QUAD_BYTES,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+        );
+    }
+    let mut acc: [[int32x4_t; 4]; WIDENING_ROWS] =
+        crate::kernels::unrolled(|r| crate::kernels::unrolled(|j| s[4 * r + j]));
+    // The odd last quad and the ragged k (not a multiple of four) from intrinsics.
+    rest_quads::<WIDENING_ROWS, false>(&mut acc, &rows, bp, 2 * pairs);
+    for (r, acc) in acc.iter().enumerate() {
+        store_row(
+            [vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3])],
+            t,
+            r,
+        );
     }
 }
 
