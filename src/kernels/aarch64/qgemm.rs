@@ -180,8 +180,14 @@ unsafe fn tile<const MR: usize, const DOT: bool>(t: &mut QTile) {
         q += 4;
     }
     rest_quads::<MR, DOT>(&mut acc, &rows, bp, q);
+    store_rows::<MR, DOT>(&acc, t);
+}
+
+/// Stores every row of a tile's accumulators: with `DOT` the first two hold the column
+/// sums 0..4 and 4..8; without, all four hold half sums that add pairwise into them.
+#[inline(always)]
+unsafe fn store_rows<const MR: usize, const DOT: bool>(acc: &[[int32x4_t; 4]; MR], t: &mut QTile) {
     for (r, acc) in acc.iter().enumerate() {
-        // Column sums 0..4 and 4..8.
         let sums = if DOT {
             [acc[0], acc[1]]
         } else {
@@ -270,7 +276,7 @@ macro_rules! dotprod_row {
 /// The 8-row tile of the `sdot` path (Pi 5's Cortex-A76) in assembly: compiled from
 /// intrinsics, every accumulator went back to the stack after each `sdot` (a store per
 /// product). Four k-quads a step: one 16-byte load per row, then per quad one load of the
-/// eight columns and 16 `sdot`s: 78 instructions for 1,024 multiply-adds.
+/// eight columns and 16 `sdot`s: 79 instructions for 1,024 multiply-adds.
 #[inline(always)]
 unsafe fn dotprod_tile_8(t: &mut QTile) {
     let k = t.k();
@@ -316,9 +322,7 @@ unsafe fn dotprod_tile_8(t: &mut QTile) {
         crate::kernels::unrolled(|r| [s[2 * r], s[2 * r + 1], vdupq_n_s32(0), vdupq_n_s32(0)]);
     // The last quads (fewer than four) and the ragged k from intrinsics.
     rest_quads::<DOTPROD_ROWS, true>(&mut acc, &rows, bp, 4 * steps);
-    for (r, acc) in acc.iter().enumerate() {
-        store_row([acc[0], acc[1]], t, r);
-    }
+    store_rows::<DOTPROD_ROWS, true>(&acc, t);
 }
 
 /// Rows of [`widening_tile_4`].
@@ -354,8 +358,9 @@ macro_rules! widening_row_pair {
 /// in assembly: compiled from intrinsics, its 16 accumulators and their temporaries did
 /// not fit the 32 registers and went to the stack every step. Two k-quads a step:
 /// `smull` of the first and `smlal` of the second into the same 16-bit lanes, then one
-/// `sadalp`, so the widening add is paid once per eight k: 56 products for 256
-/// multiply-adds. Two products fit an i16: activations 0..=127 times weights
+/// `sadalp`, so the widening add is paid once per eight k: 56 instructions (the
+/// broadcasts included, the weight loads not) for 256 multiply-adds, where one `sadalp`
+/// per `smull` took 72. Two products fit an i16: activations 0..=127 times weights
 /// -127..=127 are at most 16,129 in magnitude.
 #[inline(always)]
 unsafe fn widening_tile_4(t: &mut QTile) {
@@ -398,13 +403,7 @@ unsafe fn widening_tile_4(t: &mut QTile) {
         crate::kernels::unrolled(|r| crate::kernels::unrolled(|j| s[4 * r + j]));
     // The odd last quad and the ragged k (not a multiple of four) from intrinsics.
     rest_quads::<WIDENING_ROWS, false>(&mut acc, &rows, bp, 2 * pairs);
-    for (r, acc) in acc.iter().enumerate() {
-        store_row(
-            [vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3])],
-            t,
-            r,
-        );
-    }
+    store_rows::<WIDENING_ROWS, false>(&acc, t);
 }
 
 /// `out[col] += sums[col] * scale[col] * row_scale` for the tile's row `r`, its `cols`
