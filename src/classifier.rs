@@ -20,7 +20,7 @@ use crate::plan::{self, resnet::ResNetPlan, small_cnn::SmallCnnPlan, BackbonePla
 use crate::predictions::{top_k, Prediction, DEFAULT_TOP};
 use crate::preprocess::{self, PreprocessError, ResizeMode};
 use crate::quantize;
-use crate::weights::CheckedWeights;
+use crate::weights::{CheckedWeights, Expected};
 
 /// The network behind a model, compiled for inference.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ fn shared_resnet(
             Precision::F32 => {
                 let config = resnet::Config::resnet50(resnet.variant, Some(classes));
                 // The plan folds each BatchNorm as it lays its layer out.
-                let network = f32_weights(&resnet.weights, &resnet.sha256, &resnet.int8)?
+                let network = f32_weights(&resnet.weights, resnet.expected(), &resnet.int8)?
                     .build(|vb| ResNet::new(&config, vb))?;
                 ResNetPlan::new(network, precision)?
             }
@@ -76,7 +76,7 @@ static LITES: Mutex<Vec<(LiteKey, Weak<EfficientNetLitePlan>)>> = Mutex::new(Vec
 /// The compiled EfficientNet-Lite0 of a weights file, shared like [`shared_resnet`]'s.
 fn shared_lite(network: &Backbone, classes: usize) -> Result<Arc<EfficientNetLitePlan>> {
     cached(&LITES, (network.sha256.clone(), classes), || {
-        let module = CheckedWeights::load(&network.weights, &network.sha256)?
+        let module = CheckedWeights::load(&network.weights, network.expected())?
             .build(|vb| EfficientNetLite::lite0(classes, vb))?;
         EfficientNetLitePlan::new(&module)
     })
@@ -105,8 +105,12 @@ fn cached<K: PartialEq, T>(
 
 /// A model's f32 weights; when only its int8 file is installed (the ARM images), the
 /// error says so.
-fn f32_weights(path: &Path, sha256: &str, int8: &Option<WeightsFile>) -> Result<CheckedWeights> {
-    let loaded = CheckedWeights::load(path, sha256);
+fn f32_weights(
+    path: &Path,
+    expected: Expected,
+    int8: &Option<WeightsFile>,
+) -> Result<CheckedWeights> {
+    let loaded = CheckedWeights::load(path, expected);
     match int8 {
         Some(file) if !path.exists() && file.path.exists() => loaded
             .context("only the int8 weights of this model are installed: use --precision int8"),
@@ -199,7 +203,7 @@ impl Classifier {
                     check_binary(&labels)?;
                     Network::SmallCnn(Box::new(match precision {
                         Precision::F32 => {
-                            let network = f32_weights(&spec.weights, &spec.sha256, &spec.int8)?
+                            let network = f32_weights(&spec.weights, spec.expected(), &spec.int8)?
                                 .build(|vb| SmallCnn::with_input(spec.input.size as usize, vb))?;
                             SmallCnnPlan::new(&network)?
                         }
@@ -215,7 +219,7 @@ impl Classifier {
                         .as_ref()
                         .context("a head model without a backbone")?;
                     let backbone = load_backbone(backbone, precision)?;
-                    let weights = CheckedWeights::load(&spec.weights, &spec.sha256)?;
+                    let weights = CheckedWeights::load(&spec.weights, spec.expected())?;
                     // Shapes are checked against the labels: one output per class.
                     let head = weights.build(|vb| {
                         candle_nn::linear(backbone.head_feature_dim(), labels.len(), vb.pp("head"))

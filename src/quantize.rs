@@ -14,14 +14,14 @@ use crate::models::small_cnn::SmallCnn;
 use crate::plan::resnet::ResNetPlan;
 use crate::plan::small_cnn::SmallCnnPlan;
 use crate::weights::int8::{ChannelAxis, Int8Weights};
-use crate::weights::CheckedWeights;
+use crate::weights::{CheckedWeights, Expected};
 
 /// The int8 weights of a manifest model. A head is refused: its backbone is what gets
 /// quantized (the head's 2,049 numbers stay f32).
 pub fn quantize(spec: &ModelSpec, classes: usize) -> Result<Int8Weights> {
     match spec.architecture {
         Architecture::Resnet50 => quantize_resnet(&spec.as_backbone(), classes),
-        Architecture::SmallCnn => quantize_small_cnn(&spec.weights, &spec.sha256),
+        Architecture::SmallCnn => quantize_small_cnn(&spec.weights, spec.expected()),
         Architecture::EfficientNetLite0 => bail!(
             "{}: int8 weights for efficientnet-lite0 are not made yet (it runs at f32)",
             spec.name
@@ -63,7 +63,7 @@ pub fn small_cnn_int8_plan(spec: &ModelSpec) -> Result<SmallCnnPlan> {
     let (weights, path) = match &spec.int8 {
         Some(file) => (load_checked(file, "small-cnn", &spec.sha256)?, &file.path),
         None => (
-            quantize_small_cnn(&spec.weights, &spec.sha256)?,
+            quantize_small_cnn(&spec.weights, spec.expected())?,
             &spec.weights,
         ),
     };
@@ -78,7 +78,7 @@ pub fn small_cnn_int8_plan(spec: &ModelSpec) -> Result<SmallCnnPlan> {
 /// rounding its kernels alone cost 0.8 points of top-1 agreement with f32 (37 KB).
 fn quantize_resnet(resnet: &Backbone, classes: usize) -> Result<Int8Weights> {
     let config = resnet::Config::resnet50(resnet.variant, Some(classes));
-    let network = CheckedWeights::load(&resnet.weights, &resnet.sha256)?
+    let network = CheckedWeights::load(&resnet.weights, resnet.expected())?
         .build(|vb| ResNet::new(&config, vb))?
         .fold_batch_norm()?;
     let mut metadata = source_metadata("resnet50", &resnet.weights, &resnet.sha256);
@@ -93,9 +93,9 @@ fn quantize_resnet(resnet: &Backbone, classes: usize) -> Result<Int8Weights> {
 }
 
 /// The CNN's Keras-layout kernels have their output channels last.
-fn quantize_small_cnn(weights: &Path, sha256: &str) -> Result<Int8Weights> {
-    let tensors = CheckedWeights::load(weights, sha256)?.into_tensors();
-    let metadata = source_metadata("small-cnn", weights, sha256);
+fn quantize_small_cnn(weights: &Path, expected: Expected) -> Result<Int8Weights> {
+    let tensors = CheckedWeights::load(weights, expected)?.into_tensors();
+    let metadata = source_metadata("small-cnn", weights, expected.sha256);
     Int8Weights::quantize(tensors, ChannelAxis::Last, &[], metadata)
 }
 
@@ -114,7 +114,7 @@ fn source_metadata(architecture: &str, weights: &Path, sha256: &str) -> BTreeMap
 /// weights (a retrained model whose int8 file was not remade would otherwise serve the
 /// old network).
 fn load_checked(file: &WeightsFile, architecture: &str, f32_sha256: &str) -> Result<Int8Weights> {
-    let weights = Int8Weights::load(&file.path, &file.sha256)?;
+    let weights = Int8Weights::load(&file.path, file.expected())?;
     let context = || format!("the int8 weights file {}", file.path.display());
     let found = weights.require("architecture").with_context(context)?;
     ensure!(

@@ -54,7 +54,7 @@ fn flipped_bytes_in_the_weights_are_caught_by_the_hash() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40; // one bit inside a tensor: the file still parses
     std::fs::write(&weights, bytes).unwrap();
-    refused_at_start(&manifest, "sha256");
+    refused_at_start(&manifest, "its BLAKE3 is");
 }
 
 #[test]

@@ -61,6 +61,36 @@ fn wrong_hash() {
     assert!(message.contains(&"ab".repeat(32)), "{message}");
 }
 
+/// Every weights file the committed manifest names has both hashes it states: the BLAKE3
+/// that loading checks and the sha256 it publishes (which loading then never reads).
+#[test]
+fn committed_files_have_the_sha256_and_blake3_stated() {
+    let manifest = crate::util::manifest();
+    let mut files = Vec::new();
+    for spec in &manifest.models {
+        files.push((
+            spec.weights.clone(),
+            spec.sha256.clone(),
+            spec.blake3.clone(),
+        ));
+        if let Some(int8) = &spec.int8 {
+            files.push((int8.path.clone(), int8.sha256.clone(), int8.blake3.clone()));
+        }
+    }
+    for (path, sha256, blake3) in files {
+        let stated = edge_classify::weights::Digests {
+            sha256,
+            blake3: blake3.unwrap_or_else(|| panic!("{} has no blake3", path.display())),
+        };
+        assert_eq!(
+            edge_classify::weights::file_digests(&path).unwrap(),
+            stated,
+            "{}",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn truncated_file_with_a_matching_hash_is_not_a_valid_container() {
     let dir = tempfile::tempdir().unwrap();

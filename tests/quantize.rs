@@ -250,18 +250,28 @@ fn int8_files_of_other_weights_are_refused() {
         stderr_of(&output)
     };
     // The f32 weights were retrained (another hash) but the int8 file was not remade.
-    let resnet = manifest_value(&text, "resnet50.safetensors");
+    let resnet = manifest_value(&text, "resnet50.safetensors", "sha256");
     let error = run(&text.replacen(&resnet, &"0".repeat(64), 1));
     assert!(error.contains("run `classify quantize` again"), "{error}");
+    // The model whose weights are `entry` named `file` instead, with that file's hashes
+    // (so the file passes its hash check and the contents are what is refused).
+    let named_as = |text: &str, file: &str, entry: &str| {
+        let mut swapped = text.to_string();
+        for key in ["sha256", "blake3"] {
+            let (own, theirs) = (
+                manifest_value(text, entry, key),
+                manifest_value(text, file, key),
+            );
+            swapped = swapped.replacen(&own, &theirs, 1);
+        }
+        swapped.replace(&format!("\"{entry}\""), &format!("\"{file}\""))
+    };
     // The CNN's int8 file named as the ResNet's.
-    let cnn_int8 = manifest_value(&text, "catsdogs-cnn-int8.safetensors");
-    let resnet_int8 = manifest_value(&text, "resnet50-int8.safetensors");
-    let swapped = text
-        .replace(
-            "\"resnet50-int8.safetensors\"",
-            "\"catsdogs-cnn-int8.safetensors\"",
-        )
-        .replace(&resnet_int8, &cnn_int8);
+    let swapped = named_as(
+        &text,
+        "catsdogs-cnn-int8.safetensors",
+        "resnet50-int8.safetensors",
+    );
     let error = run(&swapped);
     assert!(error.contains("holds a small-cnn"), "{error}");
     // An f32 file named as int8.
@@ -270,17 +280,20 @@ fn int8_files_of_other_weights_are_refused() {
         dir.path().join("fake.safetensors"),
     )
     .unwrap();
-    let head_sha = manifest_value(&text, "catsdogs-head.safetensors");
-    let fake = text
-        .replace("\"resnet50-int8.safetensors\"", "\"fake.safetensors\"")
-        .replace(&resnet_int8, &head_sha);
+    let fake = named_as(
+        &text,
+        "catsdogs-head.safetensors",
+        "resnet50-int8.safetensors",
+    )
+    .replacen("\"catsdogs-head.safetensors\"", "\"fake.safetensors\"", 1);
     let error = run(&fake);
     assert!(error.contains("not int8 weights"), "{error}");
 }
 
-/// The sha256 the manifest gives right after `weights = "<file>"`.
-fn manifest_value(text: &str, file: &str) -> String {
+/// The hash (`key`: sha256 or blake3) the manifest gives right after `weights = "<file>"`.
+fn manifest_value(text: &str, file: &str, key: &str) -> String {
     let at = text.find(&format!("weights = \"{file}\"")).unwrap();
-    let sha = text[at..].find("sha256 = \"").unwrap() + at + "sha256 = \"".len();
-    text[sha..sha + 64].to_string()
+    let prefix = format!("{key} = \"");
+    let hash = text[at..].find(&prefix).unwrap() + at + prefix.len();
+    text[hash..hash + 64].to_string()
 }

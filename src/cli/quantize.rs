@@ -88,7 +88,7 @@ pub fn run(manifest: &Manifest, args: QuantizeArgs) -> Result<ExitCode> {
     }
     let bytes = weights.to_bytes()?;
     crate::files::write(&args.out, &bytes)?;
-    let sha256 = crate::weights::sha256_hex(&bytes);
+    let digests = crate::weights::digests(&bytes);
     let f32_size = std::fs::metadata(&spec.weights).map(|m| m.len()).ok();
     let ratio = f32_size.map_or_else(String::new, |size| {
         format!(
@@ -102,11 +102,13 @@ pub fn run(manifest: &Manifest, args: QuantizeArgs) -> Result<ExitCode> {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     println!(
         "wrote {} ({:.1} MB{ratio})\n\nTo serve it, add to the model {:?} in {}:\n\n\
-         [model.int8]\nweights = \"{file_name}\"\nsha256 = \"{sha256}\"",
+         [model.int8]\nweights = \"{file_name}\"\nsha256 = \"{}\"\nblake3 = \"{}\"",
         args.out.display(),
         bytes.len() as f64 / 1e6,
         spec.name,
-        manifest.path.display()
+        manifest.path.display(),
+        digests.sha256,
+        digests.blake3
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -69,6 +69,9 @@ pub struct TrainArgs {
     /// and kept; DECAY is the share of the average each step keeps (0: off).
     #[arg(long, value_name = "DECAY", default_value_t = 0.999)]
     weight_average: f64,
+    /// The CNN's dropout rate before its logit (the original network's: 0.5).
+    #[arg(long, value_name = "RATE", default_value_t = crate::models::small_cnn::DROPOUT)]
+    dropout: f32,
     /// Continue from the checkpoint beside the weights (CNN).
     #[arg(long)]
     resume: bool,
@@ -159,6 +162,9 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
     if !(args.weight_average.is_finite() && (0.0..1.0).contains(&args.weight_average)) {
         bail!("--weight-average must be at least 0 and below 1");
     }
+    if !(args.dropout.is_finite() && (0.0..1.0).contains(&args.dropout)) {
+        bail!("--dropout must be at least 0 and below 1");
+    }
     if args.limit_per_class == Some(0) {
         bail!("--limit-per-class must be positive");
     }
@@ -208,6 +214,7 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
         seed: args.seed,
         patience: args.patience.max(1),
         weight_average: args.weight_average,
+        dropout: args.dropout,
         resume: args.resume,
         limit_per_class: args.limit_per_class,
         cache_dir: args
@@ -257,6 +264,7 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
                 backbone: Some(backbone.name.clone()),
                 weights: out.clone(),
                 sha256: String::new(),
+                blake3: String::new(),
                 labels: labels_file,
                 source: String::new(),
                 licence: args.licence.clone(),
@@ -286,8 +294,10 @@ pub fn run(manifest: &Manifest, args: TrainArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let digests = crate::weights::file_digests(&out)?;
     let entry = Entry {
-        sha256: record.weights_sha256.clone(),
+        sha256: digests.sha256,
+        blake3: digests.blake3,
         source: format!(
             "trained by `{}` on {} (see {})",
             record.command,
@@ -328,6 +338,7 @@ fn entry_of(spec: &ModelSpec) -> Entry {
         backbone: spec.backbone.as_ref().map(|b| b.name.clone()),
         weights: spec.weights.clone(),
         sha256: spec.sha256.clone(),
+        blake3: spec.blake3.clone().unwrap_or_default(),
         labels: spec.labels.clone(),
         source: spec.source.clone(),
         licence: spec.licence.clone(),

@@ -21,6 +21,8 @@ pub struct Entry {
     pub backbone: Option<String>,
     pub weights: PathBuf,
     pub sha256: String,
+    /// What loading checks (`weights::Expected`).
+    pub blake3: String,
     pub labels: PathBuf,
     pub source: String,
     pub licence: String,
@@ -72,6 +74,7 @@ pub fn upsert(path: &Path, entry: &Entry, replace: bool, backbones: &[Backbone])
             let table = models.get_mut(index).expect("found above");
             table["weights"] = value(weights);
             table["sha256"] = value(&entry.sha256);
+            table["blake3"] = value(&entry.blake3);
             table["labels"] = value(labels);
             table["source"] = value(&entry.source);
             stale_int8 = table.remove("int8").is_some();
@@ -112,6 +115,7 @@ fn new_table(entry: &Entry, weights: String, labels: String) -> Table {
     }
     table["weights"] = value(weights);
     table["sha256"] = value(&entry.sha256);
+    table["blake3"] = value(&entry.blake3);
     table["labels"] = value(labels);
     table["source"] = value(&entry.source);
     table["licence"] = value(&entry.licence);
@@ -166,6 +170,7 @@ mod tests {
             backbone: None,
             weights: folder.join(format!("{name}.safetensors")),
             sha256: "ab".repeat(32),
+            blake3: "ef".repeat(32),
             labels: folder.join(format!("{name}-labels.tsv")),
             source: "trained by a test".into(),
             licence: "MIT".into(),
@@ -220,10 +225,15 @@ mod tests {
             .is_some());
         let mut retrained = entry("birds", dir.path());
         retrained.sha256 = "cd".repeat(32);
+        retrained.blake3 = "12".repeat(32);
         assert!(upsert(&path, &retrained, true, &[]).unwrap());
         let manifest = Manifest::load(&path).unwrap();
         assert_eq!(manifest.names(), ["birds", "parts"]);
         assert_eq!(manifest.model("birds").unwrap().sha256, "cd".repeat(32));
+        assert_eq!(
+            manifest.model("birds").unwrap().blake3.as_deref(),
+            Some("12".repeat(32).as_str())
+        );
         assert!(manifest.model("birds").unwrap().int8.is_none());
         assert!(!upsert(&path, &retrained, true, &[]).unwrap());
     }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::models::resnet::Variant;
 use crate::plan::Precision;
 use crate::preprocess::{ChannelOrder, InputSpec, ResizeMode};
+use crate::weights::Expected;
 
 /// The manifest's file name inside a weights folder.
 pub const MANIFEST_FILE: &str = "models.toml";
@@ -76,11 +77,22 @@ impl Architecture {
     }
 }
 
-/// A weights file and the sha256 it must have.
+/// A weights file and the hashes it must have.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightsFile {
     pub path: PathBuf,
     pub sha256: String,
+    /// Checked at load instead of the sha256 when stated ([`Expected`]).
+    pub blake3: Option<String>,
+}
+
+impl WeightsFile {
+    pub fn expected(&self) -> Expected<'_> {
+        Expected {
+            sha256: &self.sha256,
+            blake3: self.blake3.as_deref(),
+        }
+    }
 }
 
 /// The frozen network a transfer model's head sits on: another model of the manifest.
@@ -92,8 +104,19 @@ pub struct Backbone {
     pub variant: Variant,
     pub weights: PathBuf,
     pub sha256: String,
+    pub blake3: Option<String>,
     /// The backbone's int8 file, if it has one.
     pub int8: Option<WeightsFile>,
+}
+
+impl Backbone {
+    /// The hashes of its f32 weights.
+    pub fn expected(&self) -> Expected<'_> {
+        Expected {
+            sha256: &self.sha256,
+            blake3: self.blake3.as_deref(),
+        }
+    }
 }
 
 /// One model as the manifest describes it, with paths made absolute.
@@ -108,6 +131,8 @@ pub struct ModelSpec {
     pub backbone: Option<Backbone>,
     pub weights: PathBuf,
     pub sha256: String,
+    /// Checked at load instead of the sha256 when stated ([`Expected`]).
+    pub blake3: Option<String>,
     /// The weights `classify quantize` wrote, used at int8 instead of quantizing the f32
     /// file at load (which then need not be present: the ARM images carry only these).
     pub int8: Option<WeightsFile>,
@@ -123,6 +148,14 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// The hashes of its f32 weights.
+    pub fn expected(&self) -> Expected<'_> {
+        Expected {
+            sha256: &self.sha256,
+            blake3: self.blake3.as_deref(),
+        }
+    }
+
     /// The precision the model runs at when `asked` is: int8 falls back to f32 where the
     /// network doing the work (the model's, or a head's backbone) has no int8 path yet
     /// (EfficientNet-Lite0).
@@ -145,6 +178,7 @@ impl ModelSpec {
             variant: self.variant,
             weights: self.weights.clone(),
             sha256: self.sha256.clone(),
+            blake3: self.blake3.clone(),
             int8: self.int8.clone(),
         }
     }
@@ -181,6 +215,7 @@ struct RawModel {
     backbone: Option<String>,
     weights: PathBuf,
     sha256: String,
+    blake3: Option<String>,
     int8: Option<RawWeightsFile>,
     labels: PathBuf,
     source: String,
@@ -195,6 +230,7 @@ struct RawModel {
 struct RawWeightsFile {
     weights: PathBuf,
     sha256: String,
+    blake3: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -383,18 +419,20 @@ impl RawModel {
         let name = self.name;
         let context = || format!("model {name:?}");
         check_model_name(&name)?;
-        check_sha256(&self.sha256).with_context(context)?;
+        check_hash("sha256", &self.sha256).with_context(context)?;
+        let blake3 = check_blake3(self.blake3).with_context(context)?;
         let int8 = match (self.architecture, self.int8) {
             (Architecture::Head, Some(_)) => bail!(
                 "{}: a head runs at its backbone's precision; give the backbone the int8 file",
                 context()
             ),
             (_, Some(file)) => {
-                check_sha256(&file.sha256)
-                    .with_context(|| format!("{}: int8 weights", context()))?;
+                let int8_context = || format!("{}: int8 weights", context());
+                check_hash("sha256", &file.sha256).with_context(int8_context)?;
                 Some(WeightsFile {
                     path: folder.join(file.weights),
                     sha256: file.sha256.to_ascii_lowercase(),
+                    blake3: check_blake3(file.blake3).with_context(int8_context)?,
                 })
             }
             (_, None) => None,
@@ -430,6 +468,7 @@ impl RawModel {
                 variant,
                 weights: PathBuf::new(),
                 sha256: String::new(),
+                blake3: None,
                 int8: None,
             }),
             (Architecture::Head, None) => {
@@ -448,6 +487,7 @@ impl RawModel {
             backbone,
             weights: folder.join(self.weights),
             sha256: self.sha256.to_ascii_lowercase(),
+            blake3,
             int8,
             labels: folder.join(self.labels),
             source: self.source,
@@ -481,11 +521,19 @@ pub fn check_model_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_sha256(sha256: &str) -> Result<()> {
-    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("sha256 must be 64 hexadecimal digits, got {sha256:?}");
+fn check_hash(algorithm: &str, hash: &str) -> Result<()> {
+    if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{algorithm} must be 64 hexadecimal digits, got {hash:?}");
     }
     Ok(())
+}
+
+fn check_blake3(hash: Option<String>) -> Result<Option<String>> {
+    hash.map(|hash| {
+        check_hash("blake3", &hash)?;
+        Ok(hash.to_ascii_lowercase())
+    })
+    .transpose()
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use super::layers::{self, ConvReluPool, Dense};
 
 /// Input side the network is built for (its dense layer fixes it).
 pub const INPUT_SIZE: usize = 150;
-const DROPOUT: f32 = 0.5;
+/// The original network's dropout before the logit.
+pub const DROPOUT: f32 = 0.5;
 /// The weights' names of the convolution blocks and the dense layers, in order (each
 /// holds a `kernel` and a `bias`).
 pub const CONV_BLOCKS: [&str; 3] = ["conv1", "conv2", "conv3"];
@@ -65,16 +66,21 @@ impl SmallCnn {
         [&self.dense1, &self.dense2]
     }
 
-    /// One logit per image of an NCHW batch `[n, 3, size, size]`, with dropout drawn
-    /// from `rng` (seeded, so a run repeats).
-    pub fn forward_train(&self, images: &Tensor, rng: &mut impl rand::Rng) -> Result<Tensor> {
-        self.forward_with(images, Some(rng))
+    /// One logit per image of an NCHW batch `[n, 3, size, size]`, with a `rate` share of
+    /// the hidden units dropped, drawn from `rng` (seeded, so a run repeats).
+    pub fn forward_train(
+        &self,
+        images: &Tensor,
+        rate: f32,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Tensor> {
+        self.forward_with(images, Some((rate, rng)))
     }
 
     fn forward_with(
         &self,
         images: &Tensor,
-        dropout: Option<&mut impl rand::Rng>,
+        dropout: Option<(f32, &mut impl rand::Rng)>,
     ) -> Result<Tensor> {
         let x = layers::to_channels_last(images)?
             .apply(&self.conv1)?
@@ -82,8 +88,8 @@ impl SmallCnn {
             .apply(&self.conv3)?;
         let x = self.dense1.forward(&x.flatten_from(1)?)?.relu()?;
         let x = match dropout {
-            Some(rng) => {
-                let keep = 1.0 - DROPOUT;
+            Some((rate, rng)) if rate > 0.0 => {
+                let keep = 1.0 - rate;
                 let mask: Vec<f32> = (0..x.elem_count())
                     .map(|_| {
                         if rng.random::<f32>() < keep {
@@ -95,7 +101,7 @@ impl SmallCnn {
                     .collect();
                 (x.clone() * Tensor::from_vec(mask, x.shape(), x.device())?)?
             }
-            None => x,
+            _ => x,
         };
         layers::squeeze_logit(&self.dense2.forward(&x)?)
     }
@@ -103,7 +109,7 @@ impl SmallCnn {
 
 impl Module for SmallCnn {
     fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        self.forward_with(images, None::<&mut rand_chacha::ChaCha8Rng>)
+        self.forward_with(images, None::<(f32, &mut rand_chacha::ChaCha8Rng)>)
     }
 }
 

@@ -397,9 +397,13 @@ impl Conv2d {
         let packed =
             PackedWeights::pack_columns(taps * in_channels, out_channels, |out, column| {
                 let stored = &kernel.values[out * in_channels * taps..][..in_channels * taps];
-                for_each_stored_tap(stored, in_channels, size, |_, row, value| {
-                    column[row] = value;
-                });
+                if taps == 1 {
+                    column.copy_from_slice(stored);
+                } else {
+                    for_each_stored_tap(stored, in_channels, size, |_, row, value| {
+                        column[row] = value;
+                    });
+                }
             });
         Ok(Self {
             weights: ConvWeights::Int8 {

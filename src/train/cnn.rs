@@ -40,6 +40,12 @@ struct Progress {
     weight_average: f64,
     #[serde(default)]
     average_steps: u64,
+    #[serde(default = "original_dropout")]
+    dropout: f32,
+}
+
+fn original_dropout() -> f32 {
+    crate::models::small_cnn::DROPOUT
 }
 
 /// Trains `spec` (a `small-cnn` model) as `options` say and writes the weights, record,
@@ -89,6 +95,7 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
         seconds: 0.0,
         weight_average: options.weight_average,
         average_steps: 0,
+        dropout: options.dropout,
     };
     if options.resume {
         let text = std::fs::read_to_string(&checkpoint_json).with_context(|| {
@@ -111,6 +118,13 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
                 "--resume: the checkpoint {} was made with --weight-average {}",
                 checkpoint_json.display(),
                 saved.weight_average
+            );
+        }
+        if saved.dropout != options.dropout {
+            bail!(
+                "--resume: the checkpoint {} was made with --dropout {}",
+                checkpoint_json.display(),
+                saved.dropout
             );
         }
         let tensors = candle_core::safetensors::load(&checkpoint_tensors, &Device::Cpu)
@@ -154,7 +168,7 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
             let mut totals = Totals::default();
             for batch in batches {
                 let batch = batch?;
-                let logits = network.forward_train(&batch.inputs, &mut dropout)?;
+                let logits = network.forward_train(&batch.inputs, options.dropout, &mut dropout)?;
                 let loss = binary_cross_entropy_with_logits(&logits, &batch.targets)?;
                 adam.step(&loss.backward()?, learning_rate)?;
                 if let Some(average) = &mut average {
@@ -272,6 +286,7 @@ pub fn train(spec: &ModelSpec, options: &TrainOptions) -> Result<TrainRecord> {
         test,
         weight_decay: None,
         weight_average: (options.weight_average > 0.0).then_some(options.weight_average),
+        dropout: Some(options.dropout),
         flip_average: flip,
         backbone_sha256: None,
         weights_sha256: crate::weights::file_sha256(&options.out)?,

@@ -179,6 +179,7 @@ pub fn train(task: &HeadTask, options: &TrainOptions) -> Result<TrainRecord> {
         test,
         weight_decay: Some(weight_decay),
         weight_average: None,
+        dropout: None,
         flip_average: false,
         backbone_sha256: Some(task.backbone.sha256.clone()),
         weights_sha256: crate::weights::file_sha256(&options.out)?,

@@ -40,6 +40,8 @@ pub struct TrainOptions {
     pub patience: usize,
     /// The CNN's weight averaging: the share of the average each step keeps (0: none).
     pub weight_average: f64,
+    /// The CNN's dropout rate before its logit (the original network: 0.5).
+    pub dropout: f32,
     /// Continue from the checkpoint beside `out`.
     pub resume: bool,
     /// Use at most this many images per class of each split (smoke runs).

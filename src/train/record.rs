@@ -123,6 +123,9 @@ pub struct TrainRecord {
     /// The decay of the weight averaging whose weights were kept (the CNN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_average: Option<f64>,
+    /// The CNN's dropout rate before its logit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f32>,
     /// Whether val and test were scored as the model serves: averaged with the mirror
     /// image (the manifest's `flip_average`).
     #[serde(default)]

@@ -417,9 +417,9 @@ impl Int8Weights {
         Ok(Self { tensors, metadata })
     }
 
-    /// Reads an int8 file, checking the sha256 the manifest states.
-    pub fn load(path: &Path, expected_sha256: &str) -> Result<Self> {
-        super::read_verified(path, expected_sha256, |file| {
+    /// Reads an int8 file, checking the hash the manifest states.
+    pub fn load(path: &Path, expected: super::Expected) -> Result<Self> {
+        super::read_verified(path, expected, |file| {
             Self::from_bytes(&super::read_all(file)?)
                 .with_context(|| format!("the int8 weights file {} is not usable", path.display()))
         })

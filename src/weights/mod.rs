@@ -1,4 +1,4 @@
-//! Reading weights files: the sha256 the manifest promises, the safetensors container,
+//! Reading weights files: the hash the manifest promises, the safetensors container,
 //! and a candle [`SimpleBackend`] that names the file in every missing-tensor or
 //! wrong-shape error and reports the tensors no layer asked for. [`int8`] owns the
 //! quantized files.
@@ -23,15 +23,52 @@ use sha2::{Digest, Sha256};
 /// Bookkeeping tensors that training frameworks save but inference never reads.
 const IGNORED_SUFFIXES: [&str; 1] = ["num_batches_tracked"];
 
-/// The sha256 of a file, in hex (what the manifest states for a weights file).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    sha256_of(&file).with_context(|| format!("cannot read {}", path.display()))
+/// What the manifest states a weights file hashes to. The sha256 is the file's identity
+/// (what `sha256sum` prints and `GET /_/models` lists). The BLAKE3, when stated, is what
+/// loading checks instead: as strong a check against a corrupt, truncated or substituted
+/// file (a 256-bit cryptographic hash too), at a tenth of the instructions on CPUs without
+/// SHA instructions (Cortex-A53/A72: Pi 3 and 4), where the sha256 of ResNet-50's int8
+/// file alone cost more than its forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    pub sha256: &'a str,
+    pub blake3: Option<&'a str>,
 }
 
-/// The sha256 of bytes, in hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// A file's sha256 and BLAKE3, in hex, as the manifest states them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub sha256: String,
+    pub blake3: String,
+}
+
+/// The sha256 of a file, in hex (what the manifest states for a weights file).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    Ok(file_digests(path)?.sha256)
+}
+
+/// A file's sha256 and BLAKE3, from one read of it.
+pub fn file_digests(path: &Path) -> Result<Digests> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut sha256 = Sha256::new();
+    let mut blake3 = blake3::Hasher::new();
+    for_each_block(&file, |block| {
+        sha256.update(block);
+        blake3.update(block);
+    })
+    .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Digests {
+        sha256: hex::encode(sha256.finalize()),
+        blake3: blake3.finalize().to_hex().to_string(),
+    })
+}
+
+/// The sha256 and BLAKE3 of bytes, in hex.
+pub fn digests(bytes: &[u8]) -> Digests {
+    Digests {
+        sha256: hex::encode(Sha256::digest(bytes)),
+        blake3: blake3::hash(bytes).to_hex().to_string(),
+    }
 }
 
 /// Where weights are read from: a file or bytes in memory, read at given offsets, so that
@@ -101,29 +138,31 @@ pub fn read_all(source: &(impl ReadAt + ?Sized)) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The sha256 of a source, in hex, read a block at a time (never all of it in memory).
-pub fn sha256_of(source: &(impl ReadAt + ?Sized)) -> io::Result<String> {
+/// Feeds a source to `consume` a block at a time (never all of it in memory).
+fn for_each_block(
+    source: &(impl ReadAt + ?Sized),
+    mut consume: impl FnMut(&[u8]),
+) -> io::Result<()> {
     const BLOCK: u64 = 1 << 20;
     let len = source.byte_len()?;
-    let mut hasher = Sha256::new();
     let mut block = vec![0; BLOCK.min(len) as usize];
     let mut offset = 0;
     while offset < len {
         let block = &mut block[..BLOCK.min(len - offset) as usize];
         source.read_exact_at(block, offset)?;
-        hasher.update(&*block);
+        consume(block);
         offset += block.len() as u64;
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(())
 }
 
-/// Opens a weights file, checks its sha256 against the manifest's and parses it. The hash
+/// Opens a weights file, checks its hash against the manifest's and parses it. The hash
 /// runs beside the parse, over its own reads of the same open file (the hash alone was a
 /// tenth of the f32 start-up); a parse of a file whose hash is wrong is thrown away and the
 /// hash reported. A file that cannot be read at offsets (a pipe) is read whole first.
 pub fn read_verified<T: Send>(
     path: &Path,
-    expected_sha256: &str,
+    expected: Expected,
     parse: impl FnOnce(&dyn ReadAt) -> Result<T> + Send,
 ) -> Result<T> {
     let cannot_read = || format!("cannot read the weights file {}", path.display());
@@ -135,8 +174,7 @@ pub fn read_verified<T: Send>(
         streamed = read_stream(file).with_context(cannot_read)?;
         &streamed
     };
-    let (verified, parsed) =
-        rayon::join(|| verify(path, source, expected_sha256), || parse(source));
+    let (verified, parsed) = rayon::join(|| verify(path, source, expected), || parse(source));
     verified?;
     parsed
 }
@@ -147,14 +185,34 @@ fn read_stream(mut stream: impl io::Read) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Checks a weights file against the sha256 the manifest states.
-fn verify(path: &Path, source: &dyn ReadAt, expected_sha256: &str) -> Result<()> {
-    let actual = sha256_of(source)
-        .with_context(|| format!("cannot read the weights file {}", path.display()))?;
-    if !actual.eq_ignore_ascii_case(expected_sha256) {
+/// Checks a weights file against the hash the manifest states: its BLAKE3 when stated,
+/// else its sha256.
+fn verify(path: &Path, source: &dyn ReadAt, expected: Expected) -> Result<()> {
+    let (algorithm, stated, actual) = match expected.blake3 {
+        Some(stated) => {
+            let mut hasher = blake3::Hasher::new();
+            let hashed = for_each_block(source, |block| {
+                hasher.update(block);
+            });
+            let actual = hashed.map(|()| hasher.finalize().to_hex().to_string());
+            ("BLAKE3", stated, actual)
+        }
+        None => {
+            let mut hasher = Sha256::new();
+            let hashed = for_each_block(source, |block| hasher.update(block));
+            (
+                "sha256",
+                expected.sha256,
+                hashed.map(|()| hex::encode(hasher.finalize())),
+            )
+        }
+    };
+    let actual =
+        actual.with_context(|| format!("cannot read the weights file {}", path.display()))?;
+    if !actual.eq_ignore_ascii_case(stated) {
         bail!(
-            "the weights file {} is not the one the manifest names: its sha256 is {actual}, \
-             expected {expected_sha256} ({} bytes; a truncated or replaced file?)",
+            "the weights file {} is not the one the manifest names: its {algorithm} is {actual}, \
+             expected {stated} ({} bytes; a truncated or replaced file?)",
             path.display(),
             source.byte_len().unwrap_or_default()
         );
@@ -263,8 +321,8 @@ impl CheckedWeights {
     }
 
     /// Reads, verifies and parses a weights file.
-    pub fn load(path: &Path, expected_sha256: &str) -> Result<Self> {
-        read_verified(path, expected_sha256, |file| Self::from_source(path, file))
+    pub fn load(path: &Path, expected: Expected) -> Result<Self> {
+        read_verified(path, expected, |file| Self::from_source(path, file))
     }
 
     /// Builds a model from these tensors, then refuses the file if it holds tensors the
@@ -432,15 +490,22 @@ mod tests {
     }
 
     #[test]
-    fn the_streamed_sha256_is_the_digest_of_all_bytes() {
+    fn the_streamed_hashes_are_the_digests_of_all_bytes() {
         let bytes: Vec<u8> = (0..(2 << 20) + 5).map(|i| (i * 7 % 251) as u8).collect();
+        let path = Path::new("w.safetensors");
         for len in [0, 1, 1 << 20, bytes.len()] {
-            let source = &bytes[..len];
-            assert_eq!(
-                sha256_of(source).unwrap(),
-                sha256_hex(source),
-                "{len} bytes"
-            );
+            let source = bytes[..len].to_vec();
+            let Digests { sha256, blake3 } = digests(&source);
+            let source: &dyn ReadAt = &source;
+            let stated = |sha256, blake3| Expected { sha256, blake3 };
+            verify(path, source, stated(&sha256, Some(&blake3))).unwrap();
+            verify(path, source, stated(&sha256, None)).unwrap();
+            // The BLAKE3, when stated, is what is checked; each names its algorithm.
+            let wrong = "0".repeat(64);
+            let error = verify(path, source, stated(&sha256, Some(&wrong))).unwrap_err();
+            assert!(error.to_string().contains("its BLAKE3 is"), "{error}");
+            let error = verify(path, source, stated(&wrong, None)).unwrap_err();
+            assert!(error.to_string().contains("its sha256 is"), "{error}");
         }
         let past_the_end = bytes[..4].read_exact_at(&mut [0; 2], 3).unwrap_err();
         assert_eq!(past_the_end.kind(), io::ErrorKind::UnexpectedEof);

@@ -1,12 +1,13 @@
 //! The aarch64 kernels and the levels of the kernel table they make up, each the one
 //! below with some entries replaced:
-//! - `neon` (every aarch64 CPU: Pi 3, Pi 4): our f32 register tiles (`sgemm.rs`) and the
-//!   int8 `smull` + `sadalp` tile; quantization and pooling are the portable loops, which
-//!   the compiler vectorizes for NEON;
+//! - `neon` (every aarch64 CPU: Pi 3, Pi 4): our f32 register tiles (`sgemm.rs`), the
+//!   int8 `smull` + `sadalp` tile and the depthwise loop (`depthwise.rs`); quantization
+//!   and pooling are the portable loops, which the compiler vectorizes for NEON;
 //! - `neon-dotprod` (Armv8.2 dot product: Pi 5's Cortex-A76): the int8 `sdot` tile;
 //! - `neon-i8mm` (Armv8.6 int8 matrix multiply: Neoverse V1/N2, Graviton 3/4; no Pi):
 //!   the int8 `smmla` tile.
 
+pub mod depthwise;
 pub mod qgemm;
 pub mod sgemm;
 
@@ -25,6 +26,7 @@ pub const NEON: Kernels = Kernels {
     level: "neon",
     f32: &F32_NEON,
     int8: &qgemm::NEON,
+    depthwise: &depthwise::NEON,
     ..portable::KERNELS
 };
 
