@@ -152,6 +152,29 @@ impl F32Weights {
         self.data[at] = value;
     }
 
+    /// Writes column `col`, `values` (one per row) times `scale`: a 1x1 convolution's
+    /// kernel for one output channel, as stored. A strided walk; `set` per value, with its
+    /// index computed each time, was half of EfficientNet-Lite0's load on a Pi.
+    pub fn set_column(&mut self, col: usize, values: &[f32], scale: f32) {
+        assert!(
+            values.len() == self.k && col < self.n,
+            "a column of {} rows",
+            self.k
+        );
+        if self.k == 0 {
+            return;
+        }
+        let stride = match self.kernel.reads_panels() {
+            false => self.n,
+            true => PANEL,
+        };
+        let first = self.index(0, col);
+        let column = self.data[first..].iter_mut().step_by(stride);
+        for (at, &value) in column.zip(values) {
+            *at = value * scale;
+        }
+    }
+
     /// Columns.
     pub fn n(&self) -> usize {
         self.n
@@ -560,5 +583,24 @@ mod tests {
         }
         let nonzero = |values: &[f32]| values.iter().filter(|v| **v != 0.0).count();
         assert_eq!(nonzero(&panels.data), nonzero(&values), "padding is zero");
+    }
+
+    /// Columns written whole land where `set` puts each value, in both layouts.
+    #[test]
+    fn set_column_writes_what_set_writes() {
+        let mut rng = Lcg(8);
+        let (k, n) = (5, 45);
+        let values = rng.vec(k * n);
+        for kernel in kernels() {
+            let mut by_value = F32Weights::zeros(k, n, kernel);
+            let mut by_column = F32Weights::zeros(k, n, kernel);
+            for (col, column) in values.chunks_exact(k).enumerate() {
+                for (row, &value) in column.iter().enumerate() {
+                    by_value.set(row, col, value * 0.5);
+                }
+                by_column.set_column(col, column, 0.5);
+            }
+            assert_eq!(by_value.data[..], by_column.data[..], "{}", kernel.name);
+        }
     }
 }

@@ -368,9 +368,16 @@ impl Conv2d {
         let rows = weight.elem_count() / out_channels;
         let mut weights = F32Weights::zeros(rows, out_channels, kernels::table().f32);
         with_f32_values(weight, |stored| {
-            for_each_stored_tap(stored, in_channels, layer.kernel, |out, row, value| {
-                weights.set(row, out, folded(out, value));
-            })
+            if layer.kernel == 1 {
+                for (out, column) in stored.chunks_exact(rows).enumerate() {
+                    let scale = scale.as_ref().map_or(1.0, |scale| scale[out]);
+                    weights.set_column(out, column, scale);
+                }
+            } else {
+                for_each_stored_tap(stored, in_channels, layer.kernel, |out, row, value| {
+                    weights.set(row, out, folded(out, value));
+                })
+            }
         })?;
         Ok(Self {
             weights: ConvWeights::F32(weights),
