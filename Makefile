@@ -174,6 +174,19 @@ ABSENT_cortex-a15-noneon := neon-armv7
 # The portable fallbacks are scalar, so the golden-logit runs would add many minutes under
 # qemu; that model runs the unit tests (every kernel against its reference) only.
 UNIT_ONLY_cortex-a15-noneon := yes
+# Tests that would run the same instructions as on a model already run are skipped: on
+# aarch64 every level has the same f32, Winograd and depthwise kernels (only the int8 tile
+# differs: `kernels::aarch64::tests` keeps that true), so the a76 and max runs leave out
+# the f32 tests and the f32 golden logits, which the a72 run covers; candle's training
+# code (the gradient checks) does not depend on the CPU model at all.
+CPU_INDEPENDENT := --skip models:: --skip train::
+SAME_AS_A72 := $(CPU_INDEPENDENT) --skip kernels::f32_weights --skip kernels::gemm \
+	--skip kernels::depthwise --skip kernels::winograd
+UNIT_SKIP_cortex-a76 := $(SAME_AS_A72)
+UNIT_SKIP_max := $(SAME_AS_A72)
+UNIT_SKIP_cortex-a15-noneon := $(CPU_INDEPENDENT)
+INTEGRATION_cortex-a76 := quantize::the_int8_file_is
+INTEGRATION_max := quantize::the_int8_file_is
 ARM_TEST := $(CARGO) test --locked --target aarch64-unknown-linux-gnu
 ARMV7_TEST := $(CARGO) test --locked --target armv7-unknown-linux-gnueabihf
 # The integration tests that check the numbers: golden logits (f32 within 1e-3 of
@@ -187,7 +200,7 @@ define arm_test
 	@echo "== $(1) on $(5)"
 	EDGE_EXPECT_KERNELS=$(EXPECT_$(5)) EDGE_ABSENT_KERNELS=$(ABSENT_$(5)) \
 	CARGO_TARGET_$(call runner_var,$(1))_RUNNER="$(3) -L $(4) -cpu $(or $(QEMU_CPU_$(5)),$(5))" \
-		sh -c '$(2) --lib -q $(if $(UNIT_ONLY_$(5)),,&& $(2) --test tests -q -- $(ARM_INTEGRATION))'
+		sh -c '$(2) --lib -q -- $(UNIT_SKIP_$(5)) $(if $(UNIT_ONLY_$(5)),,&& $(2) --test tests -q -- $(or $(INTEGRATION_$(5)),$(ARM_INTEGRATION)))'
 
 endef
 runner_var = $(shell echo $(1) | tr 'a-z-' 'A-Z_')

@@ -61,3 +61,32 @@ pub const LEVELS: &[Level] = &[
         runs: || std::arch::is_aarch64_feature_detected!("i8mm"),
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The levels differ only in their int8 tile: `make test-arm64` runs the f32, Winograd
+    /// and depthwise tests on one CPU model only, which this keeps true.
+    #[test]
+    fn every_level_runs_the_same_f32_and_depthwise_kernels() {
+        for level in LEVELS {
+            assert!(
+                std::ptr::eq(level.kernels.f32, NEON.f32),
+                "{}",
+                level.kernels.level
+            );
+            assert!(
+                std::ptr::eq(level.kernels.depthwise, NEON.depthwise),
+                "{}",
+                level.kernels.level
+            );
+            for (operation, name) in level.kernels.entries() {
+                if operation != "int8" {
+                    let neon = NEON.entries().into_iter().find(|(o, _)| *o == operation);
+                    assert_eq!(neon, Some((operation, name)), "{}", level.kernels.level);
+                }
+            }
+        }
+    }
+}
