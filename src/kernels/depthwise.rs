@@ -117,6 +117,66 @@ impl DepthwiseWeights {
     }
 }
 
+/// The largest filter side whose taps [`for_each_pixel`] lists.
+#[cfg_attr(
+    not(any(target_arch = "aarch64", target_arch = "arm")),
+    allow(dead_code)
+)]
+pub(crate) const MAX_KERNEL: usize = 5;
+
+/// Walks the output rows `first_row..` held in `rows` pixel by pixel, handing `visit`
+/// each pixel's taps inside the map as `[input, weight]` offsets in values (the first of
+/// the pixel's channels in `input`, of the tap's in the weights) and its outputs: the
+/// geometry the SIMD kernels share, their loops then over channels only. For filters up
+/// to [`MAX_KERNEL`].
+#[cfg_attr(
+    not(any(target_arch = "aarch64", target_arch = "arm")),
+    allow(dead_code)
+)]
+pub(crate) fn for_each_pixel(
+    g: &DepthwiseGeometry,
+    first_row: usize,
+    rows: &mut [f32],
+    mut visit: impl FnMut(&[[usize; 2]], &mut [f32]),
+) {
+    assert!(
+        g.kernel <= MAX_KERNEL,
+        "a {0} x {0} depthwise filter",
+        g.kernel
+    );
+    let channels = g.channels;
+    let row_len = g.out_width * channels;
+    if row_len == 0 {
+        return;
+    }
+    assert!(
+        rows.len().is_multiple_of(row_len) && first_row + rows.len() / row_len <= g.out_height,
+        "rows past the map"
+    );
+    let mut taps = [[0; 2]; MAX_KERNEL * MAX_KERNEL];
+    for (oy, row) in (first_row..).zip(rows.chunks_exact_mut(row_len)) {
+        let tap_rows = g.taps_inside(oy, g.pad_top, g.height);
+        let top = (oy * g.stride) as isize - g.pad_top as isize;
+        for (ox, out) in row.chunks_exact_mut(channels).enumerate() {
+            let tap_columns = g.taps_inside(ox, g.pad_left, g.width);
+            let left = (ox * g.stride) as isize - g.pad_left as isize;
+            let mut count = 0;
+            for ky in tap_rows.clone() {
+                let y = (top + ky as isize) as usize;
+                for kx in tap_columns.clone() {
+                    let x = (left + kx as isize) as usize;
+                    taps[count] = [
+                        (y * g.width + x) * channels,
+                        (ky * g.kernel + kx) * channels,
+                    ];
+                    count += 1;
+                }
+            }
+            visit(&taps[..count], out);
+        }
+    }
+}
+
 /// `output = clamp(bias + sum of weights * min(input, ceiling), 0, ceiling)`: a
 /// depthwise convolution between two ReLU6 (`ceiling` 6; infinity for ReLU). The
 /// input's clamp completes the ReLU6 of the product before, whose stores apply only

@@ -6,11 +6,10 @@
 
 use core::arch::aarch64::*;
 
-use crate::kernels::depthwise::{DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights};
+use crate::kernels::depthwise::{
+    for_each_pixel, DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights, MAX_KERNEL,
+};
 use crate::kernels::portable;
-
-/// The largest filter side whose taps one pixel's list holds.
-const MAX_KERNEL: usize = 5;
 
 pub static NEON: DepthwiseKernel = DepthwiseKernel { name: "neon", rows };
 
@@ -23,57 +22,32 @@ fn rows(
     rows: &mut [f32],
 ) {
     let channels = g.channels;
-    let row_len = g.out_width * channels;
-    if !channels.is_multiple_of(4) || row_len == 0 || g.kernel > MAX_KERNEL {
+    if !channels.is_multiple_of(4) || g.kernel > MAX_KERNEL {
         return portable::depthwise::rows(g, input, weights, ceiling, first_row, rows);
     }
-    // What the raw reads below rely on.
+    // What the raw reads below rely on (`for_each_pixel` keeps the taps inside the map).
     assert_eq!(input.len(), g.input_len(), "depthwise input");
     assert_eq!(weights.values.len(), g.kernel * g.kernel * channels);
     assert_eq!(weights.bias.len(), channels, "depthwise bias");
-    assert!(
-        first_row + rows.len() / row_len <= g.out_height,
-        "rows past the map"
-    );
-    for (oy, row) in (first_row..).zip(rows.chunks_exact_mut(row_len)) {
-        let tap_rows = g.taps_inside(oy, g.pad_top, g.height);
-        let top = (oy * g.stride) as isize - g.pad_top as isize;
-        for (ox, out) in row.chunks_exact_mut(channels).enumerate() {
-            let tap_columns = g.taps_inside(ox, g.pad_left, g.width);
-            let left = (ox * g.stride) as isize - g.pad_left as isize;
-            // The taps inside the map, as offsets of their pixels and of their weights.
-            let mut taps = [(0usize, 0usize); MAX_KERNEL * MAX_KERNEL];
-            let mut count = 0;
-            for ky in tap_rows.clone() {
-                let y = (top + ky as isize) as usize;
-                for kx in tap_columns.clone() {
-                    let x = (left + kx as isize) as usize;
-                    taps[count] = (
-                        (y * g.width + x) * channels,
-                        (ky * g.kernel + kx) * channels,
-                    );
-                    count += 1;
-                }
-            }
-            // SAFETY: every tap offset plus `channels` is within `input` and
-            // `weights.values` (the taps are inside the map, checked above), `out` and
-            // the bias hold `channels` values, a multiple of four.
-            unsafe { pixel(input, weights, &taps[..count], ceiling, out) };
-        }
-    }
+    for_each_pixel(g, first_row, rows, |taps, out| {
+        // SAFETY: every tap offset plus `channels` is within `input` and
+        // `weights.values` (checked above), `out` and the bias hold `channels` values, a
+        // multiple of four.
+        unsafe { pixel(input, weights, taps, ceiling, out) }
+    });
 }
 
 /// One output pixel: `out = clamp(bias + sum over taps of min(input, ceiling) * weight, 0,
 /// ceiling)`, sixteen channels at a time, then four.
 ///
 /// # Safety
-/// `out.len()` is a multiple of four and at most the bias's length; each `(pixel,
-/// weight)` offset has `out.len()` values after it in `input` and `weights.values`.
+/// `out.len()` is a multiple of four and at most the bias's length; each `[pixel,
+/// weight]` offset has `out.len()` values after it in `input` and `weights.values`.
 #[inline]
 unsafe fn pixel(
     input: &[f32],
     weights: &DepthwiseWeights,
-    taps: &[(usize, usize)],
+    taps: &[[usize; 2]],
     ceiling: f32,
     out: &mut [f32],
 ) {
@@ -84,7 +58,7 @@ unsafe fn pixel(
     let mut c = 0;
     while c + 16 <= channels {
         let mut sums = [0, 1, 2, 3].map(|i| vld1q_f32(bias.add(c + 4 * i)));
-        for &(pixel, weight) in taps {
+        for &[pixel, weight] in taps {
             let (x, w) = (input.add(pixel + c), values.add(weight + c));
             for (i, sum) in sums.iter_mut().enumerate() {
                 let v = vminq_f32(vld1q_f32(x.add(4 * i)), top);
@@ -98,7 +72,7 @@ unsafe fn pixel(
     }
     while c < channels {
         let mut sum = vld1q_f32(bias.add(c));
-        for &(pixel, weight) in taps {
+        for &[pixel, weight] in taps {
             let v = vminq_f32(vld1q_f32(input.add(pixel + c)), top);
             sum = vfmaq_f32(sum, v, vld1q_f32(values.add(weight + c)));
         }

@@ -1,10 +1,11 @@
 //! 32-bit ARM (armv7, Raspberry Pi OS 32-bit) NEON microkernels, in assembly: stable Rust
 //! has no NEON intrinsics or `neon` target feature on this target, and candle's `gemm`
 //! crate is scalar here. They make up the table's `neon-armv7` level: the f32 4 x 8 tile
-//! (run by `gemm::tiled`, shared with aarch64), the int8 2 x 8 tile (`qgemm.rs`) and the
-//! quantization loop. NEON is taken only when the kernel reports it (HWCAP), never
-//! assumed from the build.
+//! (run by `gemm::tiled`, shared with aarch64), the int8 2 x 8 tile (`qgemm.rs`), the
+//! quantization loop and the depthwise loop (`depthwise.rs`). NEON is taken only when the
+//! kernel reports it (HWCAP), never assumed from the build.
 
+pub mod depthwise;
 pub mod qgemm;
 
 use std::sync::OnceLock;
@@ -21,6 +22,7 @@ pub const NEON: Kernels = Kernels {
     f32: &F32_NEON,
     int8: &qgemm::NEON,
     quantize: &QUANTIZE_NEON,
+    depthwise: &depthwise::NEON,
     ..portable::KERNELS
 };
 
