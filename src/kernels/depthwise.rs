@@ -124,6 +124,32 @@ impl DepthwiseWeights {
 )]
 pub(crate) const MAX_KERNEL: usize = 5;
 
+/// A SIMD kernel's rows: `pixel(taps, out)` for each output pixel (see
+/// [`for_each_pixel`]) where its loop over blocks of four channels applies (channels a
+/// multiple of four, filters up to [`MAX_KERNEL`]), after checking the lengths its raw
+/// reads rely on; the portable loop elsewhere.
+#[cfg_attr(
+    not(any(target_arch = "aarch64", target_arch = "arm")),
+    allow(dead_code)
+)]
+pub(crate) fn rows_by_pixel(
+    g: &DepthwiseGeometry,
+    input: &[f32],
+    weights: &DepthwiseWeights,
+    ceiling: f32,
+    (first_row, rows): (usize, &mut [f32]),
+    pixel: impl FnMut(&[[usize; 2]], &mut [f32]),
+) {
+    let channels = g.channels;
+    if channels == 0 || !channels.is_multiple_of(4) || g.kernel > MAX_KERNEL {
+        return super::portable::depthwise::rows(g, input, weights, ceiling, first_row, rows);
+    }
+    assert_eq!(input.len(), g.input_len(), "depthwise input");
+    assert_eq!(weights.values.len(), g.kernel * g.kernel * channels);
+    assert_eq!(weights.bias.len(), channels, "depthwise bias");
+    for_each_pixel(g, first_row, rows, pixel);
+}
+
 /// Walks the output rows `first_row..` held in `rows` pixel by pixel, handing `visit`
 /// each pixel's taps inside the map as `[input, weight]` offsets in values (the first of
 /// the pixel's channels in `input`, of the tap's in the weights) and its outputs: the

@@ -7,9 +7,8 @@
 use core::arch::aarch64::*;
 
 use crate::kernels::depthwise::{
-    for_each_pixel, DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights, MAX_KERNEL,
+    rows_by_pixel, DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights,
 };
-use crate::kernels::portable;
 
 pub static NEON: DepthwiseKernel = DepthwiseKernel { name: "neon", rows };
 
@@ -21,20 +20,19 @@ fn rows(
     first_row: usize,
     rows: &mut [f32],
 ) {
-    let channels = g.channels;
-    if !channels.is_multiple_of(4) || g.kernel > MAX_KERNEL {
-        return portable::depthwise::rows(g, input, weights, ceiling, first_row, rows);
-    }
-    // What the raw reads below rely on (`for_each_pixel` keeps the taps inside the map).
-    assert_eq!(input.len(), g.input_len(), "depthwise input");
-    assert_eq!(weights.values.len(), g.kernel * g.kernel * channels);
-    assert_eq!(weights.bias.len(), channels, "depthwise bias");
-    for_each_pixel(g, first_row, rows, |taps, out| {
-        // SAFETY: every tap offset plus `channels` is within `input` and
-        // `weights.values` (checked above), `out` and the bias hold `channels` values, a
-        // multiple of four.
-        unsafe { pixel(input, weights, taps, ceiling, out) }
-    });
+    rows_by_pixel(
+        g,
+        input,
+        weights,
+        ceiling,
+        (first_row, rows),
+        |taps, out| {
+            // SAFETY: every tap offset plus `channels` is within `input` and
+            // `weights.values` (`rows_by_pixel` keeps the taps inside the map, whose lengths
+            // it checked), `out` and the bias hold `channels` values, a multiple of four.
+            unsafe { pixel(input, weights, taps, ceiling, out) }
+        },
+    );
 }
 
 /// One output pixel: `out = clamp(bias + sum over taps of min(input, ceiling) * weight, 0,

@@ -1,13 +1,12 @@
 //! The depthwise loop for 32-bit ARM with NEON: the pixels' taps listed by
-//! `depthwise::for_each_pixel`, each pixel's channels by the assembly of
+//! `depthwise::rows_by_pixel`, each pixel's channels by the assembly of
 //! `depthwise_pixel.S`, sixteen in registers from the bias to the store (the portable loop
 //! is scalar here: stable Rust has no NEON on this target). Maps whose channels are not a
 //! multiple of four and filters above 5 x 5 take the portable loop.
 
 use crate::kernels::depthwise::{
-    for_each_pixel, DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights, MAX_KERNEL,
+    rows_by_pixel, DepthwiseGeometry, DepthwiseKernel, DepthwiseWeights,
 };
-use crate::kernels::portable;
 
 // `raw`: the braces are NEON register lists, not format arguments.
 std::arch::global_asm!(include_str!("depthwise_pixel.S"), options(raw));
@@ -45,36 +44,36 @@ fn rows(
     first_row: usize,
     rows: &mut [f32],
 ) {
-    let channels = g.channels;
-    if !channels.is_multiple_of(4) || channels == 0 || g.kernel > MAX_KERNEL {
-        return portable::depthwise::rows(g, input, weights, ceiling, first_row, rows);
-    }
-    // What the assembly's reads rely on (`for_each_pixel` keeps the taps inside the map).
-    assert_eq!(input.len(), g.input_len(), "depthwise input");
-    assert_eq!(weights.values.len(), g.kernel * g.kernel * channels);
-    assert_eq!(weights.bias.len(), channels, "depthwise bias");
-    for_each_pixel(g, first_row, rows, |taps, out| {
-        if taps.is_empty() {
-            // A window wholly in the padding (not with "SAME" padding): the bias alone.
-            let clamp = |b: f32| b.max(0.0).min(ceiling);
-            out.iter_mut()
-                .zip(&weights.bias)
-                .for_each(|(o, &b)| *o = clamp(b));
-            return;
-        }
-        let pixel = DepthwisePixel {
-            input: input.as_ptr(),
-            weights: weights.values.as_ptr(),
-            taps: taps.as_ptr(),
-            count: taps.len(),
-            bias: weights.bias.as_ptr(),
-            out: out.as_mut_ptr(),
-            channels,
-            ceiling,
-        };
-        // SAFETY: the level runs only where the CPU has NEON (`super::has_neon`); every
-        // tap's offset plus `channels` is within `input` and `weights.values` (checked
-        // above), `out` and the bias hold `channels` values, a multiple of four.
-        unsafe { depthwise_pixel_asm(&pixel) }
-    });
+    rows_by_pixel(
+        g,
+        input,
+        weights,
+        ceiling,
+        (first_row, rows),
+        |taps, out| {
+            if taps.is_empty() {
+                // A window wholly in the padding (not with "SAME" padding): the bias alone.
+                let clamp = |b: f32| b.max(0.0).min(ceiling);
+                out.iter_mut()
+                    .zip(&weights.bias)
+                    .for_each(|(o, &b)| *o = clamp(b));
+                return;
+            }
+            let pixel = DepthwisePixel {
+                input: input.as_ptr(),
+                weights: weights.values.as_ptr(),
+                taps: taps.as_ptr(),
+                count: taps.len(),
+                bias: weights.bias.as_ptr(),
+                out: out.as_mut_ptr(),
+                channels: g.channels,
+                ceiling,
+            };
+            // SAFETY: the level runs only where the CPU has NEON (`super::has_neon`); every
+            // tap's offset plus `channels` is within `input` and `weights.values`
+            // (`rows_by_pixel` keeps the taps inside the map, whose lengths it checked),
+            // `out` and the bias hold `channels` values, a multiple of four.
+            unsafe { depthwise_pixel_asm(&pixel) }
+        },
+    );
 }

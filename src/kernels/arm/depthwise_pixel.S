@@ -20,6 +20,15 @@
     .syntax unified
     .arm
     .fpu neon
+.macro next_tap
+    // r7, r9 = the next tap's input and weights at the block's first channel (r8 bytes)
+    ldr r7, [r10], #4
+    ldr r9, [r10], #4
+    add r7, r0, r7, lsl #2
+    add r9, r1, r9, lsl #2
+    add r7, r7, r8
+    add r9, r9, r8
+.endm
     .section .text.edge_classify_depthwise_pixel_armv7,"ax",%progbits
     .globl edge_classify_depthwise_pixel_armv7
     .type edge_classify_depthwise_pixel_armv7,%function
@@ -49,12 +58,7 @@ edge_classify_depthwise_pixel_armv7:
     mov r10, r2
     mov r11, r3
 1:
-    ldr r7, [r10], #4
-    ldr r9, [r10], #4
-    add r7, r0, r7, lsl #2
-    add r9, r1, r9, lsl #2
-    add r7, r7, r8
-    add r9, r9, r8
+    next_tap
     vld1.32 {d0-d3}, [r7]!
     vld1.32 {d4-d7}, [r7]
     vld1.32 {d8-d11}, [r9]!
@@ -90,12 +94,7 @@ edge_classify_depthwise_pixel_armv7:
     mov r10, r2
     mov r11, r3
 2:
-    ldr r7, [r10], #4
-    ldr r9, [r10], #4
-    add r7, r0, r7, lsl #2
-    add r9, r1, r9, lsl #2
-    add r7, r7, r8
-    add r9, r9, r8
+    next_tap
     vld1.32 {d0-d1}, [r7]
     vld1.32 {d8-d9}, [r9]
     vmin.f32 q0, q0, q13
