@@ -152,9 +152,9 @@ impl F32Weights {
         self.data[at] = value;
     }
 
-    /// Writes column `col`, `values` (one per row) times `scale`: a 1x1 convolution's
-    /// kernel for one output channel, as stored. A strided walk; `set` per value, with its
-    /// index computed each time, was half of EfficientNet-Lite0's load on a Pi.
+    /// Writes column `col`, `values` (one per row) times `scale`: one output channel's
+    /// kernel, in the lowered product's row order. A strided walk; `set` per value, with
+    /// its index computed each time, was half of EfficientNet-Lite0's load on a Pi.
     pub fn set_column(&mut self, col: usize, values: &[f32], scale: f32) {
         assert!(
             values.len() == self.k && col < self.n,

@@ -267,20 +267,16 @@ pub(crate) fn with_f32_values<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R
     Ok(read(&copy))
 }
 
-/// Walks a kernel stored `[out, in, ky, kx]` (candle's and the files' order), giving each
-/// value with its output channel and its row of the lowered product, `[ky, kx, in]`.
-fn for_each_stored_tap<T: Copy>(
-    stored: &[T],
-    in_channels: usize,
-    size: usize,
-    mut visit: impl FnMut(usize, usize, T),
-) {
+/// One output channel's kernel as stored (`[in, ky, kx]`, candle's and the files' order)
+/// in the order of its column of the lowered product, `[ky, kx, in]`: the same for 1 x 1.
+fn lower_stored_kernel<T: Copy>(stored: &[T], in_channels: usize, size: usize, column: &mut [T]) {
+    if size == 1 {
+        return column.copy_from_slice(stored);
+    }
     let taps = size * size;
-    for (out, kernel) in stored.chunks_exact(in_channels * taps).enumerate() {
-        for (input, per_input) in kernel.chunks_exact(taps).enumerate() {
-            for (tap, &value) in per_input.iter().enumerate() {
-                visit(out, tap * in_channels + input, value);
-            }
+    for (input, per_input) in stored.chunks_exact(taps).enumerate() {
+        for (tap, &value) in per_input.iter().enumerate() {
+            column[tap * in_channels + input] = value;
         }
     }
 }
@@ -368,15 +364,11 @@ impl Conv2d {
         let rows = weight.elem_count() / out_channels;
         let mut weights = F32Weights::zeros(rows, out_channels, kernels::table().f32);
         with_f32_values(weight, |stored| {
-            if layer.kernel == 1 {
-                for (out, column) in stored.chunks_exact(rows).enumerate() {
-                    let scale = scale.as_ref().map_or(1.0, |scale| scale[out]);
-                    weights.set_column(out, column, scale);
-                }
-            } else {
-                for_each_stored_tap(stored, in_channels, layer.kernel, |out, row, value| {
-                    weights.set(row, out, folded(out, value));
-                })
+            let mut column = vec![0.0; rows];
+            for (out, kernel) in stored.chunks_exact(rows).enumerate() {
+                lower_stored_kernel(kernel, in_channels, layer.kernel, &mut column);
+                let scale = scale.as_ref().map_or(1.0, |scale| scale[out]);
+                weights.set_column(out, &column, scale);
             }
         })?;
         Ok(Self {
@@ -404,13 +396,7 @@ impl Conv2d {
         let packed =
             PackedWeights::pack_columns(taps * in_channels, out_channels, |out, column| {
                 let stored = &kernel.values[out * in_channels * taps..][..in_channels * taps];
-                if taps == 1 {
-                    column.copy_from_slice(stored);
-                } else {
-                    for_each_stored_tap(stored, in_channels, size, |_, row, value| {
-                        column[row] = value;
-                    });
-                }
+                lower_stored_kernel(stored, in_channels, size, column);
             });
         Ok(Self {
             weights: ConvWeights::Int8 {
@@ -868,9 +854,9 @@ impl Dense {
         // `[outputs, inputs]` is a 1 x 1 kernel; its product rows are the inputs.
         let mut weights = F32Weights::zeros(inputs, outputs, kernels::table().f32);
         with_f32_values(linear.weight(), |stored| {
-            for_each_stored_tap(stored, inputs, 1, |output, input, value| {
-                weights.set(input, output, value)
-            })
+            for (output, column) in stored.chunks_exact(inputs).enumerate() {
+                weights.set_column(output, column, 1.0);
+            }
         })?;
         let bias = match linear.bias() {
             Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
