@@ -88,10 +88,7 @@ pub struct WeightsFile {
 
 impl WeightsFile {
     pub fn expected(&self) -> Expected<'_> {
-        Expected {
-            sha256: &self.sha256,
-            blake3: self.blake3.as_deref(),
-        }
+        Expected::of(&self.sha256, &self.blake3)
     }
 }
 
@@ -112,10 +109,7 @@ pub struct Backbone {
 impl Backbone {
     /// The hashes of its f32 weights.
     pub fn expected(&self) -> Expected<'_> {
-        Expected {
-            sha256: &self.sha256,
-            blake3: self.blake3.as_deref(),
-        }
+        Expected::of(&self.sha256, &self.blake3)
     }
 }
 
@@ -150,10 +144,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The hashes of its f32 weights.
     pub fn expected(&self) -> Expected<'_> {
-        Expected {
-            sha256: &self.sha256,
-            blake3: self.blake3.as_deref(),
-        }
+        Expected::of(&self.sha256, &self.blake3)
     }
 
     /// The precision the model runs at when `asked` is: int8 falls back to f32 where the

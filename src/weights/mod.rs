@@ -35,6 +35,16 @@ pub struct Expected<'a> {
     pub blake3: Option<&'a str>,
 }
 
+impl<'a> Expected<'a> {
+    /// As a manifest entry holds them.
+    pub fn of(sha256: &'a str, blake3: &'a Option<String>) -> Self {
+        Self {
+            sha256,
+            blake3: blake3.as_deref(),
+        }
+    }
+}
+
 /// A file's sha256 and BLAKE3, in hex, as the manifest states them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digests {
@@ -44,7 +54,8 @@ pub struct Digests {
 
 /// The sha256 of a file, in hex (what the manifest states for a weights file).
 pub fn file_sha256(path: &Path) -> Result<String> {
-    Ok(file_digests(path)?.sha256)
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    sha256_of(&file).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// A file's sha256 and BLAKE3, from one read of it.
@@ -156,6 +167,22 @@ fn for_each_block(
     Ok(())
 }
 
+/// The sha256 of a source, in hex.
+fn sha256_of(source: &(impl ReadAt + ?Sized)) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    for_each_block(source, |block| hasher.update(block))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The BLAKE3 of a source, in hex.
+fn blake3_of(source: &(impl ReadAt + ?Sized)) -> io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    for_each_block(source, |block| {
+        hasher.update(block);
+    })?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// Opens a weights file, checks its hash against the manifest's and parses it. The hash
 /// runs beside the parse, over its own reads of the same open file (the hash alone was a
 /// tenth of the f32 start-up); a parse of a file whose hash is wrong is thrown away and the
@@ -189,23 +216,8 @@ fn read_stream(mut stream: impl io::Read) -> io::Result<Vec<u8>> {
 /// else its sha256.
 fn verify(path: &Path, source: &dyn ReadAt, expected: Expected) -> Result<()> {
     let (algorithm, stated, actual) = match expected.blake3 {
-        Some(stated) => {
-            let mut hasher = blake3::Hasher::new();
-            let hashed = for_each_block(source, |block| {
-                hasher.update(block);
-            });
-            let actual = hashed.map(|()| hasher.finalize().to_hex().to_string());
-            ("BLAKE3", stated, actual)
-        }
-        None => {
-            let mut hasher = Sha256::new();
-            let hashed = for_each_block(source, |block| hasher.update(block));
-            (
-                "sha256",
-                expected.sha256,
-                hashed.map(|()| hex::encode(hasher.finalize())),
-            )
-        }
+        Some(stated) => ("BLAKE3", stated, blake3_of(source)),
+        None => ("sha256", expected.sha256, sha256_of(source)),
     };
     let actual =
         actual.with_context(|| format!("cannot read the weights file {}", path.display()))?;
